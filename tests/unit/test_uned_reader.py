@@ -1,0 +1,118 @@
+"""The UnED info-file reader and the manifest built from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from udon_core.benchmark import DomainSpec, EvalSet, BenchmarkSpec
+from udon_core.uned import (
+    ImageRecord,
+    InfoFileError,
+    info_file_path,
+    num_train_classes,
+    read_info_file,
+    read_manifest,
+    records_of,
+    write_info_file,
+)
+
+
+def _write(path, items):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_reads_int_and_list_labels_in_file_order(tmp_path):
+    f = _write(tmp_path / "x.json", [{"path": "b/2.jpg", "class_id": 7}, {"path": "a/1.jpg", "class_id": [3, 9]}])
+    assert read_info_file(f) == [ImageRecord("b/2.jpg", (7,)), ImageRecord("a/1.jpg", (3, 9))]
+
+
+def test_unknown_extra_keys_are_ignored(tmp_path):
+    f = _write(tmp_path / "x.json", [{"path": "a.jpg", "class_id": 1, "bbox": [0, 0, 1, 1]}])
+    assert read_info_file(f) == [ImageRecord("a.jpg", (1,))]
+
+
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ({"path": "a.jpg"}, "missing field(s) ['class_id']"),
+        ({"class_id": 1}, "missing field(s) ['path']"),
+        ({"path": "a.jpg", "class_id": True}, "'class_id' must be an int"),
+        ({"path": "a.jpg", "class_id": "3"}, "'class_id' must be an int"),
+        ({"path": "a.jpg", "class_id": []}, "'class_id' must be an int"),
+        ({"path": "/abs/a.jpg", "class_id": 1}, "relative to images/"),
+        ({"path": "../a.jpg", "class_id": 1}, "relative to images/"),
+        ({"path": "", "class_id": 1}, "non-empty string"),
+        ("a.jpg", "expected an object"),
+    ],
+)
+def test_bad_records_name_the_file_and_row(tmp_path, item, fragment):
+    f = _write(tmp_path / "cars" / "train.json", [{"path": "ok.jpg", "class_id": 0}, item])
+    with pytest.raises(InfoFileError) as err:
+        read_info_file(f)
+    assert f"{f} row 1" in str(err.value) and fragment in str(err.value)
+
+
+def test_not_json_and_not_a_list_and_missing(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(InfoFileError, match="not valid JSON"):
+        read_info_file(bad)
+    with pytest.raises(InfoFileError, match="expected a JSON list"):
+        read_info_file(_write(tmp_path / "obj.json", {"path": "a"}))
+    with pytest.raises(InfoFileError, match="info file not found"):
+        read_info_file(tmp_path / "nope.json")
+
+
+def test_write_then_read_round_trip(tmp_path):
+    recs = [ImageRecord("x/1.png", (0,)), ImageRecord("x/2.png", (1, 4))]
+    write_info_file(tmp_path / "d" / "val.json", recs)
+    assert json.loads((tmp_path / "d" / "val.json").read_text())[1]["class_id"] == [1, 4]
+    assert read_info_file(tmp_path / "d" / "val.json") == recs
+
+
+def _tiny_benchmark(tmp_path):
+    spec = BenchmarkSpec(
+        name="tiny",
+        domains=(
+            DomainSpec(name="shop", evals={"test": EvalSet(query="test", index="index")}),
+            DomainSpec(name="cars", evals={"test": EvalSet(query="test", index="test")}, num_train_classes=5),
+        ),
+    )
+    files = {
+        ("shop", "train"): [{"path": "s/0.jpg", "class_id": 0}, {"path": "s/1.jpg", "class_id": 2}],
+        ("shop", "test"): [{"path": "s/q.jpg", "class_id": [10, 11]}],
+        ("shop", "index"): [{"path": "s/i.jpg", "class_id": 11}],
+        ("cars", "train"): [{"path": "c/0.jpg", "class_id": 1}],
+        ("cars", "test"): [{"path": "c/t1.jpg", "class_id": 3}, {"path": "c/t0.jpg", "class_id": 3}],
+    }
+    for (domain, split), items in files.items():
+        _write(info_file_path(tmp_path, domain, split), items)
+    return spec
+
+
+def test_manifest_has_one_row_per_record_in_spec_and_file_order(tmp_path):
+    spec = _tiny_benchmark(tmp_path)
+    m = read_manifest(tmp_path, spec)
+    assert list(m.columns) == ["domain", "split", "row", "path", "labels"]
+    assert list(zip(m["domain"], m["split"])) == [
+        ("shop", "train"), ("shop", "train"), ("shop", "test"), ("shop", "index"), ("cars", "train"),
+        ("cars", "test"), ("cars", "test"),
+    ]
+    assert records_of(m, "cars", "test") == [ImageRecord("c/t1.jpg", (3,)), ImageRecord("c/t0.jpg", (3,))]
+    assert records_of(m, "shop", "test")[0].labels == (10, 11)
+
+
+def test_num_train_classes_prefers_the_spec_and_else_reads_the_data(tmp_path):
+    spec = _tiny_benchmark(tmp_path)
+    assert num_train_classes(read_manifest(tmp_path, spec), spec) == {"shop": 3, "cars": 5}
+
+
+def test_missing_info_file_is_named(tmp_path):
+    spec = _tiny_benchmark(tmp_path)
+    info_file_path(tmp_path, "shop", "index").unlink()
+    with pytest.raises(InfoFileError, match=r"shop/index.json: info file not found"):
+        read_manifest(tmp_path, spec)
