@@ -1,0 +1,68 @@
+"""Embedding extraction: images in record (file) order -> float32 unit vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from udon_core.benchmark import BenchmarkSpec
+from udon_core.data import ImageListDataset
+from udon_core.transforms import Preprocess, eval_transform
+from udon_core.uned import ImageRecord, records_of
+
+
+@torch.inference_mode()
+def embed_records(
+    model: nn.Module, root: Path, records: Sequence[ImageRecord], preprocess: Preprocess, batch_size: int = 128,
+    device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True, desc: str = "embed",
+) -> np.ndarray:
+    """``[n, d]`` float32 L2-normalised embeddings of ``records``, in their order (bf16 autocast on CUDA)."""
+    device = torch.device(device)
+    model = model.eval().to(device)
+    loader = DataLoader(ImageListDataset(root, records, eval_transform(preprocess)), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    chunks = []
+    for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(images.to(device, non_blocking=True))
+        chunks.append(F.normalize(out.float(), dim=-1).cpu().numpy())
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def eval_files(spec: BenchmarkSpec, split: str) -> list[tuple[str, str]]:
+    """(domain, info-file stem) pairs the ``split`` evaluation needs: queries and index, each once."""
+    pairs = []
+    for d in spec.domains:
+        if split not in d.evals:
+            raise KeyError(f"domain '{d.name}' has no '{split}' evaluation split (has {sorted(d.evals)})")
+        ev = d.evals[split]
+        pairs += [(d.name, ev.query), (d.name, ev.index)]
+    return list(dict.fromkeys(pairs))
+
+
+def embed_benchmark(
+    model_for: nn.Module | Callable[[str], nn.Module], root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec,
+    splits: Sequence[str] = ("test",), preprocess: Preprocess | None = None, **kw,
+) -> dict[str, np.ndarray]:
+    """Embeddings keyed ``"<domain>/<stem>"`` for every info file the eval ``splits`` need.
+
+    ``model_for`` is a model, or a function domain -> model (each domain embedded by its own teacher).
+    """
+    pairs = list(dict.fromkeys(p for split in splits for p in eval_files(spec, split)))
+    out = {}
+    for domain, stem in pairs:
+        model = model_for if isinstance(model_for, nn.Module) else model_for(domain)
+        prep = preprocess or model.config.preprocess
+        out[f"{domain}/{stem}"] = embed_records(model, root, records_of(manifest, domain, stem), prep,
+                                                desc=f"embed {domain}/{stem}", **kw)
+    return out

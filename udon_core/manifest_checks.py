@@ -1,0 +1,81 @@
+"""Facts about a manifest that data validation asserts: one derived column per rule, computed here.
+
+The expectation suite (steps/expectations.py) only states the rules over these columns, so every rule
+is a pure function of the manifest that can be unit tested without Great Expectations.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from udon_core.benchmark import BenchmarkSpec
+from udon_core.uned import IMAGES_DIR
+
+
+def _positives(query_labels: list[list[int]], index_labels: list[list[int]], self_query: bool) -> list[int]:
+    """Relevant index images per query: any shared label, the query itself excluded when self_query."""
+    by_label: dict[int, set[int]] = defaultdict(set)
+    for pos, labels in enumerate(index_labels):
+        for label in labels:
+            by_label[label].add(pos)
+    out = []
+    for labels in query_labels:
+        hits = set().union(*(by_label.get(label, set()) for label in labels))
+        out.append(len(hits) - (1 if self_query else 0))
+    return out
+
+
+def count_positives(manifest: pd.DataFrame, spec: BenchmarkSpec) -> pd.Series:
+    """Per row: its number of relevant index images if it is a query of some eval split, else NaN.
+
+    A file that is the query set of two eval splits keeps the smaller count (the stricter one).
+    """
+    result = pd.Series(float("nan"), index=manifest.index, dtype="float64")
+    for domain in spec.domains:
+        in_domain = manifest["domain"] == domain.name
+        for ev in domain.evals.values():
+            q = manifest[in_domain & (manifest["split"] == ev.query)].sort_values("row")
+            i = manifest[in_domain & (manifest["split"] == ev.index)].sort_values("row")
+            counts = pd.Series(_positives(list(q["labels"]), list(i["labels"]), ev.self_query), index=q.index)
+            result.loc[q.index] = result.loc[q.index].fillna(counts).combine(counts, min)
+    return result
+
+
+def leaked_labels(manifest: pd.DataFrame, spec: BenchmarkSpec) -> pd.Series:
+    """Per row: True when an eval-split image of a class-disjoint domain has a label seen in training."""
+    leaked = pd.Series(False, index=manifest.index)
+    for domain in spec.domains:
+        if not domain.classes_disjoint:
+            continue
+        in_domain = manifest["domain"] == domain.name
+        train_labels = {x for labels in manifest.loc[in_domain & (manifest["split"] == domain.train), "labels"] for x in labels}
+        rows = in_domain & (manifest["split"] != domain.train)
+        leaked.loc[rows] = manifest.loc[rows, "labels"].map(lambda ls: any(x in train_labels for x in ls))
+    return leaked
+
+
+def annotate_manifest(
+    manifest: pd.DataFrame, spec: BenchmarkSpec, root: Path | None, classes: dict[str, int]
+) -> pd.DataFrame:
+    """The manifest plus the derived columns the validation suite checks.
+
+    Added columns: ``image_key`` (domain/path), ``label_min``, ``label_max``, ``num_classes`` (train
+    classes of the row's domain), ``is_train``, ``n_positives`` (queries only), ``label_leaked`` and,
+    when ``root`` is given, ``file_exists``.
+    """
+    out = manifest.copy()
+    out["image_key"] = out["domain"] + "/" + out["path"]
+    out["label_min"] = out["labels"].map(lambda ls: min(ls) if len(ls) else None)
+    out["label_max"] = out["labels"].map(lambda ls: max(ls) if len(ls) else None)
+    out["num_classes"] = out["domain"].map(classes)
+    train_split = {d.name: d.train for d in spec.domains}
+    out["is_train"] = out["split"] == out["domain"].map(train_split)
+    out["n_positives"] = count_positives(manifest, spec)
+    out["label_leaked"] = leaked_labels(manifest, spec)
+    if root is not None:
+        images = Path(root) / IMAGES_DIR
+        out["file_exists"] = out["path"].map(lambda p: (images / p).is_file())
+    return out

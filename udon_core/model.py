@@ -1,0 +1,152 @@
+"""The UDON model: a shared backbone, one 64-d universal student head, a 256-d teacher head per domain,
+and per-domain cosine classifiers for both; and the deployable part of it (backbone + student head).
+
+Facts (research/udon.md 1.2): heads are one Linear with bias followed by L2 normalisation, initialised
+lecun-normal (truncated) with zero bias; classifiers have no bias, lecun-uniform init, and return cosine
+similarities (the embedding is unit-norm and each class weight is normalised).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from udon_core.backbone import BackboneConfig, create_backbone
+from udon_core.transforms import Preprocess
+
+EXPORT_FORMAT = "udon-embedding/1"
+WEIGHTS_FILE = "model.safetensors"
+SIDECAR_FILE = "model.json"
+
+
+class ModelConfig(BaseModel):
+    """Everything needed to rebuild a model; saved as the sidecar of every exported model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    student_dim: int = Field(default=64, ge=1, description="universal embedding size (UDON and UnED: 64)")
+    teacher_dim: int = Field(default=256, ge=1, description="per-domain teacher embedding size (UDON: 256)")
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+
+
+def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """Flax's default kernel init: truncated normal (2 std) with variance 1/fan_in."""
+    fan_in = weight.shape[1]
+    # why: 0.8796 is the std of a unit normal truncated at +-2, as in jax.nn.initializers.variance_scaling.
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+class Projection(nn.Module):
+    """Linear(D, d) with bias, then L2 normalisation: ``[B, D] -> [B, d]`` unit vectors."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        lecun_normal_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(x), dim=-1)
+
+
+class CosineClassifier(nn.Module):
+    """``[B, d]`` unit vectors -> ``[B, C]`` cosine similarities to the normalised class weights."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        bound = math.sqrt(3.0 / dim)  # lecun_uniform over the kernel's fan_in (= dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return F.linear(e, F.normalize(self.weight, dim=1))
+
+
+class UdonModel(nn.Module):
+    """Backbone + student head + per-domain teacher heads and classifiers (the training-time model)."""
+
+    def __init__(self, cfg: ModelConfig, classes: dict[str, int]) -> None:
+        super().__init__()
+        bad = [d for d in classes if not d.isidentifier()]
+        if bad:
+            raise ValueError(f"domain names must be identifiers to name their heads, got {bad}")
+        self.config = cfg
+        self.domains = list(classes)
+        self.backbone, dim = create_backbone(cfg.backbone)
+        self.student = Projection(dim, cfg.student_dim)
+        self.teachers = nn.ModuleDict({d: Projection(dim, cfg.teacher_dim) for d in classes})
+        self.student_classifiers = nn.ModuleDict({d: CosineClassifier(cfg.student_dim, n) for d, n in classes.items()})
+        self.teacher_classifiers = nn.ModuleDict({d: CosineClassifier(cfg.teacher_dim, n) for d, n in classes.items()})
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` -> L2-normalised backbone features ``[B, D]``."""
+        return F.normalize(self.backbone(images).float(), dim=-1)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.student, self.teachers, self.student_classifiers, self.teacher_classifiers]
+
+    def domain_head_parameters(self, domain: str) -> list[nn.Parameter]:
+        """Parameters that only ``domain``'s batches train (its teacher head and both classifiers)."""
+        mods = (self.teachers[domain], self.student_classifiers[domain], self.teacher_classifiers[domain])
+        return [p for m in mods for p in m.parameters()]
+
+    def embedding_model(self) -> "EmbeddingModel":
+        """A deep copy of the deployable part: backbone + student head."""
+        return EmbeddingModel(self.config, copy.deepcopy(self.backbone), copy.deepcopy(self.student)).eval()
+
+    def teacher_embedding_model(self, domain: str) -> "EmbeddingModel":
+        """Backbone + ``domain``'s teacher head (the 'oracle teacher' evaluation)."""
+        cfg = self.config.model_copy(update={"student_dim": self.config.teacher_dim})
+        return EmbeddingModel(cfg, copy.deepcopy(self.backbone), copy.deepcopy(self.teachers[domain])).eval()
+
+
+class EmbeddingModel(nn.Module):
+    """The deployable model: images ``[B, 3, S, S]`` -> universal embeddings ``[B, 64]``, unit norm."""
+
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None, head: Projection | None = None) -> None:
+        super().__init__()
+        self.config = cfg
+        if backbone is None:
+            backbone, dim = create_backbone(cfg.backbone.model_copy(update={"pretrained": None}))
+            head = Projection(dim, cfg.student_dim)
+        self.backbone = backbone
+        self.student = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(F.normalize(self.backbone(images).float(), dim=-1))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``model.json`` (the config that rebuilds it) into ``directory``."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_FILE))
+        sidecar = {"format": EXPORT_FORMAT, "config": self.config.model_dump(mode="json")}
+        (out / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> "EmbeddingModel":
+        """Rebuild from the sidecar (no weights download) and load the weights strictly."""
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        if not (path / SIDECAR_FILE).is_file():
+            raise ValueError(f"{path}: not an exported udon model (no {SIDECAR_FILE})")
+        sidecar = json.loads((path / SIDECAR_FILE).read_text())
+        if sidecar.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"{path / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}, expected {EXPORT_FORMAT}")
+        model = cls(ModelConfig.model_validate(sidecar["config"]))
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=map_location), strict=True)
+        return model.eval()
