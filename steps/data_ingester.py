@@ -1,0 +1,72 @@
+"""Ingest step: make the DVC-pinned benchmark present, then describe it as a manifest plus its data version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from zenml import log_metadata, step
+
+from steps import dvc_store
+from udon_core.benchmark import BenchmarkSpec, resolve_benchmark_spec
+from udon_core.uned import num_train_classes, read_manifest
+
+
+class DataConfig(BaseModel):
+    """Where the benchmark lives and how it is versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repo: str = Field(default=".", description="the git + DVC repository holding the data")
+    dvc_file: str = Field(default="data.dvc", description="the .dvc file pinning the benchmark folder")
+    benchmark: str = Field(default="auto", description="'auto' (the folder's benchmark.json, else UnED), 'uned', 'demo' or a JSON path")
+    domains: list[str] | None = Field(default=None, description="train and evaluate on these domains only")
+    rebuild_missing: bool = Field(
+        default=True, description="rebuild the bundled demo benchmark when neither the DVC cache nor the remote has it"
+    )
+    pinned_md5: str | None = Field(
+        default=None, description="set by the runner from the .dvc file, so the step cache follows the data version"
+    )
+
+
+class DatasetVersion(BaseModel):
+    """The data a run used: where it is, what it contains and exactly which version it is."""
+
+    root: str
+    benchmark: BenchmarkSpec
+    dvc_md5: str
+    dvc_file: str
+    dvc_file_git_rev: str | None
+    classes: dict[str, int]
+    num_images: int
+
+
+def _build_demo(target: Path) -> None:
+    from udon_core.demo import build_demo_benchmark
+
+    build_demo_benchmark(target)
+
+
+@step
+def data_ingester(config: DataConfig) -> tuple[Annotated[pd.DataFrame, "manifest"], Annotated[DatasetVersion, "dataset"]]:
+    """Pull (or rebuild and verify) the pinned benchmark, read its info files into a manifest."""
+    repo = Path(config.repo).resolve()
+    how = dvc_store.ensure_data(repo, config.dvc_file, build=_build_demo if config.rebuild_missing else None)
+    pin = dvc_store.read_pin(repo, config.dvc_file)
+    spec = resolve_benchmark_spec(config.benchmark, pin.target)
+    if config.domains:
+        spec = spec.restrict(config.domains)
+    manifest = read_manifest(pin.target, spec)
+    dataset = DatasetVersion(
+        root=str(pin.target), benchmark=spec, dvc_md5=pin.md5, dvc_file=config.dvc_file,
+        dvc_file_git_rev=dvc_store.git_revision(repo, config.dvc_file),
+        classes=num_train_classes(manifest, spec), num_images=len(manifest),
+    )
+    log_metadata(
+        metadata={"dvc_md5": pin.md5, "dvc_file_git_rev": dataset.dvc_file_git_rev or "", "data_source": how,
+                  "benchmark": spec.name, "num_images": len(manifest)},
+        artifact_name="dataset", infer_artifact=True,
+    )
+    return manifest, dataset

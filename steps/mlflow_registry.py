@@ -1,0 +1,77 @@
+"""MLflow registry glue: log the deployable model with a tensor signature and register a tagged version."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+from steps.dvc_store import git_dirty, git_revision
+from udon_core.model import EmbeddingModel
+
+# why: logged with the model so `mlflow models serve`/`pyfunc.load_model` can rebuild the environment,
+# and passing them explicitly skips MLflow's slow dependency inference (design.md section 6).
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+
+
+def code_version() -> dict[str, str]:
+    """The git commit of the code that ran, and whether tracked files had uncommitted changes."""
+    from zenml.utils.source_utils import get_source_root
+
+    root = get_source_root()
+    dirty = git_dirty(root)
+    return {"code.git_commit": git_revision(root) or "unknown", "code.git_dirty": "unknown" if dirty is None else str(dirty)}
+
+
+def _signature(model: EmbeddingModel, size: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    dim = model.config.student_dim
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size), name="images")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim), name="embeddings")]),
+    )
+
+
+def _metric_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    tags = {f"metric.mean_{k}": f"{metrics[k]:.4f}" for k in ("mmp_at_5", "r_at_1") if k in metrics}
+    for key in ("mean_mmp_at_5", "mean_r_at_1"):
+        if key in metrics:
+            tags[f"metric.{key}"] = f"{metrics[key]:.4f}"
+    return tags
+
+
+def register_embedding_model(
+    model: EmbeddingModel, name: str, metrics: dict[str, Any], dataset_tags: dict[str, str]
+) -> dict[str, str]:
+    """Log ``model`` to the active MLflow run (torch.export format + our own save folder) and register it.
+
+    Returns the registered name, version, run id and URIs. Needs the MLflow run ZenML opens for a step
+    with an MLflow experiment tracker.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: the register step needs an MLflow experiment tracker in the stack")
+    model = model.eval()
+    size = model.config.preprocess.image_size
+    example = np.zeros((2, 3, size, size), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp)
+        mlflow.log_artifacts(tmp, artifact_path="udon_model")
+    info = mlflow.pytorch.log_model(
+        model, name="model", input_example=example, signature=_signature(model, size),
+        pip_requirements=PIP_REQUIREMENTS, serialization_format="pt2",
+    )
+    tags = {**dataset_tags, **code_version(), **_metric_tags(metrics)}
+    mlflow.set_tags(tags)
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    return {
+        "name": name, "version": str(version.version), "run_id": run.info.run_id,
+        "model_uri": f"models:/{name}/{version.version}",
+        "udon_model_uri": f"runs:/{run.info.run_id}/udon_model", "tracking_uri": mlflow.get_tracking_uri(),
+    }

@@ -1,0 +1,86 @@
+"""The whole pipeline on a tiny DVC-versioned benchmark, in an isolated ZenML/MLflow/DVC home."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.integration.conftest import commit_data, tiny_run_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_repo, tmp_path_factory):
+    from pipelines.run import run_training
+
+    config = tiny_run_config(tiny_repo, tmp_path_factory.mktemp("cfg") / "run.yaml")
+    return config, run_training(config)
+
+
+def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
+    from mlflow import MlflowClient
+    from zenml.client import Client
+
+    from steps import dvc_store
+
+    _, outcome = first_run
+    pin = dvc_store.read_pin(tiny_repo)
+    assert outcome.status.endswith("completed")
+    assert outcome.dataset_md5 == pin.md5
+    assert set(outcome.metrics["per_domain"]) == {"emoji", "glyphs", "animals"}
+
+    # MLflow: a registered version tagged with the data version and the metrics.
+    reg = outcome.registration
+    import mlflow
+
+    mlflow.set_tracking_uri(reg["tracking_uri"])
+    mv = MlflowClient().get_model_version(reg["name"], reg["version"])
+    assert mv.tags["data.dvc_md5"] == pin.md5
+    assert float(mv.tags["metric.mean_mmp_at_5"]) == pytest.approx(outcome.metrics["mean_mmp_at_5"], abs=1e-4)
+    embedder = mlflow.pytorch.load_model(reg["model_uri"])
+    import torch
+
+    out = embedder(torch.zeros(3, 3, 32, 32))
+    assert out.shape == (3, 64)
+
+    # ZenML: the model version's model artifact leads back, through the train step, to the DVC hash.
+    client = Client()
+    zen_mv = client.get_pipeline_run(outcome.run_name).model_version
+    art = zen_mv.get_model_artifact("embedding_model")
+    producer = client.get_run_step(art.producer_step_run_id)
+    assert producer.name == "model_trainer"
+    dataset_art = producer.inputs["dataset"][0]
+    assert dataset_art.run_metadata["dvc_md5"] == pin.md5
+    assert zen_mv.run_metadata["mlflow"]["version"] == reg["version"]
+
+
+def test_second_run_reuses_ingest_and_validation(first_run):
+    from pipelines.run import run_training
+
+    config, _ = first_run
+    again = run_training(config)
+    assert {"data_ingester", "data_validator"} <= set(again.cached_steps)
+
+
+def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
+    from zenml.client import Client
+
+    from pipelines.run import run_training
+
+    repo = tmp_path / "corrupt"
+    shutil.copytree(tiny_repo, repo)
+    info = repo / "data" / "info_files" / "animals" / "train.json"
+    items = json.loads(info.read_text())
+    items[3]["class_id"] = 999
+    info.write_text(json.dumps(items))
+    (repo / "data" / "images" / items[5]["path"]).unlink()
+    commit_data(repo, "corrupt two rows")
+    config = tiny_run_config(repo, tmp_path / "run.yaml")
+    with pytest.raises(Exception, match="animals/train.json row 3") as err:
+        run_training(config)
+    assert items[5]["path"] in str(err.value)
+    last = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
+    assert "model_trainer" not in {name for name, s in last.steps.items() if str(s.status).endswith("completed")}

@@ -1,0 +1,110 @@
+"""DVC versioning of the benchmark: states, pull from the remote, rebuild-and-verify, never re-pin."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from steps import dvc_store
+from steps.dvc_store import DataVersionError
+
+
+def _sh(cwd, *cmd):
+    # why: `make test` runs pytest without .venv/bin on PATH, so dvc runs through this interpreter.
+    if cmd[0] == "dvc":
+        cmd = (sys.executable, "-m", "dvc", *cmd[1:])
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+
+
+def write_data(target, text="hello"):
+    (target / "info").mkdir(parents=True, exist_ok=True)
+    (target / "info" / "a.txt").write_text(text)
+    (target / "b.txt").write_text("b")
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git + DVC repository with a local remote and a pushed, committed `data/` folder."""
+    r = tmp_path / "repo"
+    r.mkdir()
+    _sh(r, "git", "init", "-q")
+    _sh(r, "git", "config", "user.email", "t@example.com")
+    _sh(r, "git", "config", "user.name", "t")
+    _sh(r, "dvc", "init", "-q")
+    _sh(r, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    write_data(r / "data")
+    _sh(r, "dvc", "add", "-q", "data")
+    _sh(r, "dvc", "push", "-q")
+    _sh(r, "git", "add", "-A")
+    _sh(r, "git", "commit", "-qm", "data v1")
+    return r
+
+
+def test_pin_and_states(repo):
+    pin = dvc_store.read_pin(repo)
+    assert pin.path == "data" and pin.md5.endswith(".dir") and pin.nfiles == 2
+    assert dvc_store.workspace_state(repo) == "clean"
+    (repo / "data" / "b.txt").write_text("changed")
+    assert dvc_store.workspace_state(repo) == "modified"
+    shutil.rmtree(repo / "data")
+    assert dvc_store.workspace_state(repo) == "missing"
+
+
+def test_modified_data_is_an_error_that_says_what_to_do(repo):
+    (repo / "data" / "b.txt").write_text("changed")
+    with pytest.raises(DataVersionError, match=r"differs from the version pinned in data.dvc.*dvc add data"):
+        dvc_store.ensure_data(repo)
+
+
+def test_missing_data_is_pulled_from_cache_or_remote(repo):
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    assert dvc_store.ensure_data(repo) == "pulled"
+    assert (repo / "data" / "info" / "a.txt").read_text() == "hello"
+
+
+def test_rebuild_when_nothing_has_it_must_match_the_pin(repo, tmp_path):
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(tmp_path / "remote")
+    assert dvc_store.ensure_data(repo, build=write_data) == "built"
+    assert dvc_store.workspace_state(repo) == "clean"
+    assert (tmp_path / "remote").exists()  # the rebuilt version was pushed for the next machine
+
+
+def test_a_rebuild_with_other_bytes_is_rejected_and_the_pin_kept(repo, tmp_path):
+    before = (repo / "data.dvc").read_text()
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(tmp_path / "remote")
+    with pytest.raises(DataVersionError, match=r"rebuilt benchmark hashes to .* but data.dvc pins"):
+        dvc_store.ensure_data(repo, build=lambda t: write_data(t, "other"))
+    assert (repo / "data.dvc").read_text() == before
+    assert (repo / "data.rejected" / "info" / "a.txt").read_text() == "other"
+    assert not (repo / "data").exists()
+
+
+def test_missing_without_builder(repo, tmp_path):
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(tmp_path / "remote")
+    with pytest.raises(DataVersionError, match="neither the DVC cache nor the remote"):
+        dvc_store.ensure_data(repo)
+
+
+def test_bad_dvc_file_is_named(tmp_path):
+    with pytest.raises(DataVersionError, match="DVC file not found"):
+        dvc_store.read_pin(tmp_path)
+    (tmp_path / "data.dvc").write_text("outs: []\n")
+    with pytest.raises(DataVersionError, match=r"data.dvc: not a DVC file with one output"):
+        dvc_store.read_pin(tmp_path)
+
+
+def test_git_revision_and_dirty(repo):
+    assert len(dvc_store.git_revision(repo, "data.dvc")) == 40
+    assert dvc_store.git_dirty(repo) is False
+    (repo / "data.dvc").write_text((repo / "data.dvc").read_text() + "\n")
+    assert dvc_store.git_dirty(repo) is True

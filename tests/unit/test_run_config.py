@@ -1,0 +1,81 @@
+"""Resolving a run configuration: overrides, validation at the boundary, the data version in the cache key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipelines.run import ConfigError, deep_merge, parse_override, resolve_config
+
+
+def test_parse_override_builds_a_nested_dict_with_yaml_values():
+    assert parse_override("training.train.steps=10") == {"training": {"train": {"steps": 10}}}
+    assert parse_override("data.domains=[emoji, glyphs]") == {"data": {"domains": ["emoji", "glyphs"]}}
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override("training.train.steps")
+
+
+def test_deep_merge_keeps_siblings():
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    def sh(*cmd):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+
+    sh("git", "init", "-q")
+    sh(sys.executable, "-m", "dvc", "init", "-q")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.txt").write_text("x")
+    sh(sys.executable, "-m", "dvc", "add", "-q", "data")
+    return tmp_path
+
+
+def write(path, doc):
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_resolve_adds_the_data_version_and_validates(repo):
+    cfg = write(repo / "run.yaml", {"parameters": {"data": {"repo": str(repo)}}})
+    doc = resolve_config(cfg, ["evaluation.split=val"])
+    md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert doc["parameters"]["data"]["pinned_md5"] == f"{md5}:clean"
+    assert doc["parameters"]["evaluation"]["split"] == "val"
+    assert set(doc["parameters"]) == {"data", "training", "evaluation", "registry"}
+
+
+def test_missing_data_changes_the_cache_key(repo):
+    import shutil
+
+    shutil.rmtree(repo / "data")
+    doc = resolve_config(write(repo / "run.yaml", {"parameters": {"data": {"repo": str(repo)}}}))
+    assert doc["parameters"]["data"]["pinned_md5"].endswith(":missing")
+
+
+def test_modified_data_fails_before_the_run(repo):
+    (repo / "data" / "x.txt").write_text("y")
+    with pytest.raises(Exception, match="differs from the version pinned"):
+        resolve_config(write(repo / "run.yaml", {"parameters": {"data": {"repo": str(repo)}}}))
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [({"trainig": {}}, "unknown parameter section(s) ['trainig']"),
+     ({"evaluation": {"protocol": "mixed"}}, "field 'evaluation.protocol'"),
+     ({"data": {"repo": ".", "typo": 1}}, "field 'data.typo'")],
+)
+def test_bad_configuration_names_the_file_and_field(repo, params, fragment):
+    cfg = write(repo / "run.yaml", {"parameters": params})
+    with pytest.raises(ConfigError) as err:
+        resolve_config(cfg)
+    assert str(cfg) in str(err.value) and fragment in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="run configuration not found"):
+        resolve_config(tmp_path / "nope.yaml")
