@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+# Errors that explain themselves (bad config, data that does not match its pin, failed validation, missing
+# files); anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, KeyError)
 
 
 def _project_home_env() -> None:

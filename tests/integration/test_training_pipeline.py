@@ -68,7 +68,7 @@ def test_second_run_reuses_ingest_and_validation(first_run):
 def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
     from zenml.client import Client
 
-    from pipelines.run import run_training
+    from pipelines.run import PipelineRunError, run_training
 
     repo = tmp_path / "corrupt"
     shutil.copytree(tiny_repo, repo)
@@ -79,8 +79,8 @@ def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
     (repo / "data" / "images" / items[5]["path"]).unlink()
     commit_data(repo, "corrupt two rows")
     config = tiny_run_config(repo, tmp_path / "run.yaml")
-    with pytest.raises(Exception, match="animals/train.json row 3") as err:
+    with pytest.raises(PipelineRunError, match="animals/train.json row 3") as err:
         run_training(config)
-    assert items[5]["path"] in str(err.value)
+    assert items[5]["path"] in str(err.value) and "step 'data_validator' failed" in str(err.value)
     last = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
     assert "model_trainer" not in {name for name, s in last.steps.items() if str(s.status).endswith("completed")}

@@ -1,0 +1,38 @@
+"""The `udon` command line: user mistakes are one sentence and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+
+
+def test_run_with_a_missing_config_is_one_clear_sentence(tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path / 'nope.yaml'}: run configuration not found"
+
+
+def test_bad_override_is_reported(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("parameters: {}\n")
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--set", "training.train.steps"])
+    assert result.exit_code == 2 and "key.path=value" in result.output
+
+
+def test_data_status_and_build(tmp_path):
+    def sh(*cmd):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+
+    sh("git", "init", "-q")
+    sh(sys.executable, "-m", "dvc", "init", "-q")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("a")
+    sh(sys.executable, "-m", "dvc", "add", "-q", "data")
+    result = CliRunner().invoke(cli, ["data", "status", "--repo", str(tmp_path)])
+    assert result.exit_code == 0 and "workspace: clean" in result.output
+    result = CliRunner().invoke(cli, ["data", "build", "--out", str(tmp_path / "data")])
+    assert result.exit_code == 2 and "exists and is not empty" in result.output

@@ -1,0 +1,43 @@
+"""A tiny on-disk benchmark (2 domains of 16 px PNGs) and a tiny model config, shared by unit tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from udon_core.backbone import BackboneConfig
+from udon_core.benchmark import BenchmarkSpec, DomainSpec, EvalSet
+from udon_core.model import ModelConfig
+from udon_core.transforms import Preprocess
+from udon_core.uned import ImageRecord, info_file_path, write_info_file
+
+SPEC = BenchmarkSpec(
+    name="tiny",
+    domains=(
+        DomainSpec(name="shapes", evals={"val": EvalSet(query="val", index="val")}, classes_disjoint=False),
+        DomainSpec(name="colors", evals={"val": EvalSet(query="val", index="val")}, classes_disjoint=False),
+    ),
+)
+TINY_MODEL = ModelConfig(
+    backbone=BackboneConfig(name="test_vit", img_size=16), student_dim=8, teacher_dim=12,
+    preprocess=Preprocess(image_size=16),
+)
+
+
+def write_tiny_benchmark(root: Path, per_class: int = 6, classes: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for d, domain in enumerate(SPEC.domain_names):
+        for split, n in (("train", per_class), ("val", 2)):
+            records = []
+            for c in range(classes):
+                base = rng.integers(0, 255, size=3) * (c + 1) % 255
+                for i in range(n):
+                    pixels = np.clip(base + rng.normal(0, 20, (16, 16, 3)) + d * 40, 0, 255).astype(np.uint8)
+                    path = f"{domain}/{split}/{c}_{i}.png"
+                    (root / "images" / path).parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(pixels).save(root / "images" / path)
+                    records.append(ImageRecord(path, (c,)))
+            write_info_file(info_file_path(root, domain, split), records)
+    return root
