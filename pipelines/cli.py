@@ -70,6 +70,78 @@ def run_cmd(config_path: Path, overrides: tuple[str, ...]) -> None:
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri '{reg['tracking_uri']}'")
 
 
+def _model(uri: str):
+    from pipelines.stack import ensure_local_stack, mlflow_tracking_uri
+    from steps.mlflow_registry import load_embedding_model
+
+    tracking = None
+    if uri.startswith("models:/"):
+        ensure_local_stack()
+        tracking = mlflow_tracking_uri()
+    return load_embedding_model(uri, tracking)
+
+
+@cli.command("evaluate")
+@click.option("--model", "model_uri", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS or an exported folder")
+@click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(path_type=Path))
+@click.option("--benchmark", default="auto", show_default=True, help="'auto', 'uned', 'demo' or a JSON file")
+@click.option("--split", default="test", show_default=True)
+@click.option("--protocol", default="merged", show_default=True, type=click.Choice(["merged", "separate"]))
+@click.option("--out", type=click.Path(path_type=Path), help="write the metrics JSON here")
+def evaluate_cmd(model_uri: str, data_dir: Path, benchmark: str, split: str, protocol: str, out: Path | None) -> None:
+    """Score a model on a benchmark folder: per-domain R@1 and mMP@5 (UnED protocol)."""
+    import json
+
+    from udon_core.benchmark import resolve_benchmark_spec
+    from udon_core.evaluation import evaluate_model
+    from udon_core.report import format_table
+    from udon_core.uned import read_manifest
+
+    try:
+        model = _model(model_uri)
+        spec = resolve_benchmark_spec(benchmark, data_dir)
+        report = evaluate_model(model, data_dir, read_manifest(data_dir, spec), spec, split=split, protocol=protocol)
+    except USER_ERRORS as err:
+        _fail(err)
+    click.echo(format_table(report))
+    if out:
+        out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        click.echo(f"metrics written to {out}")
+
+
+@cli.command("embed")
+@click.argument("image_dir", type=click.Path(path_type=Path))
+@click.option("--model", "model_uri", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS or an exported folder")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help=".npy (+ .paths.txt) or .parquet")
+@click.option("--batch-size", default=128, show_default=True)
+def embed_cmd(image_dir: Path, model_uri: str, out: Path, batch_size: int) -> None:
+    """Embed your own images with a registered model (sorted paths, one 64-d unit vector each)."""
+    from udon_core.embedding import embed_folder
+    from udon_core.evaluation import resolve_device
+
+    try:
+        if out.suffix not in (".npy", ".parquet"):
+            raise ValueError(f"{out}: the output must end in .npy or .parquet")
+        paths, vectors = embed_folder(_model(model_uri), image_dir, batch_size=batch_size, device=resolve_device("auto"))
+        _write_embeddings(out, paths, vectors)
+    except USER_ERRORS as err:
+        _fail(err)
+    click.echo(f"{len(paths)} embeddings of dimension {vectors.shape[1]} written to {out}")
+
+
+def _write_embeddings(out: Path, paths: list[str], vectors) -> None:
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, vectors)
+        out.with_suffix(".paths.txt").write_text("\n".join(paths) + "\n")
+        return
+    import pandas as pd
+
+    pd.DataFrame({"path": paths, "embedding": list(vectors)}).to_parquet(out, index=False)
+
+
 @cli.group()
 def data() -> None:
     """The benchmark data: build the bundled demo, inspect the DVC version."""

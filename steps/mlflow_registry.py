@@ -75,3 +75,25 @@ def register_embedding_model(
         "model_uri": f"models:/{name}/{version.version}",
         "udon_model_uri": f"runs:/{run.info.run_id}/udon_model", "tracking_uri": mlflow.get_tracking_uri(),
     }
+
+
+def load_embedding_model(uri: str, tracking_uri: str | None = None) -> EmbeddingModel:
+    """A registered or exported model: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a local folder."""
+    from pathlib import Path
+
+    if not uri.startswith("models:/"):
+        return EmbeddingModel.load(Path(uri))
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient()
+    name, _, ref = uri[len("models:/"):].partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        version = client.get_model_version(name, ref)
+    local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="udon_model")
+    return EmbeddingModel.load(Path(local))

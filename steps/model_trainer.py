@@ -29,6 +29,9 @@ class TrainingConfig(BaseModel):
     validate_every: int | None = Field(
         default=None, description="steps between kNN validations on the merged val split (None: no validation)"
     )
+    checkpoint_dir: str | None = Field(
+        default=None, description="where last.pt is kept; a restarted run resumes from it (None: no checkpoints)"
+    )
 
 
 def _validator(dataset: DatasetVersion, manifest: pd.DataFrame):
@@ -56,6 +59,7 @@ def model_trainer(
         model, Path(dataset.root), manifest, dataset.benchmark, config.train, callback=log,
         validate=_validator(dataset, manifest) if config.validate_every else None,
         validate_every=config.validate_every,
+        checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
     )
     summary = result.summary()
     log_metadata(metadata={"train": summary, "validation_passed": validation.success}, infer_model=True)

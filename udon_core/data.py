@@ -19,8 +19,8 @@ class ImageListDataset(Dataset):
     dataset does not need to carry lists through the default collate.
     """
 
-    def __init__(self, root: Path, records: Sequence[ImageRecord], transform: Callable) -> None:
-        self.images_dir = Path(root) / IMAGES_DIR
+    def __init__(self, root: Path, records: Sequence[ImageRecord], transform: Callable, images_dir: Path | None = None) -> None:
+        self.images_dir = Path(images_dir) if images_dir is not None else Path(root) / IMAGES_DIR
         self.records = list(records)
         self.transform = transform
 

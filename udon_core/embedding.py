@@ -23,11 +23,16 @@ from udon_core.uned import ImageRecord, records_of
 def embed_records(
     model: nn.Module, root: Path, records: Sequence[ImageRecord], preprocess: Preprocess, batch_size: int = 128,
     device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True, desc: str = "embed",
+    images_dir: Path | None = None,
 ) -> np.ndarray:
-    """``[n, d]`` float32 L2-normalised embeddings of ``records``, in their order (bf16 autocast on CUDA)."""
+    """``[n, d]`` float32 L2-normalised embeddings of ``records``, in their order (bf16 autocast on CUDA).
+
+    Images are read from ``root/images/<path>``, or from ``images_dir/<path>`` when it is given.
+    """
     device = torch.device(device)
     model = model.eval().to(device)
-    loader = DataLoader(ImageListDataset(root, records, eval_transform(preprocess)), batch_size=batch_size,
+    dataset = ImageListDataset(root, records, eval_transform(preprocess), images_dir=images_dir)
+    loader = DataLoader(dataset, batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     chunks = []
     for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
@@ -66,3 +71,18 @@ def embed_benchmark(
         out[f"{domain}/{stem}"] = embed_records(model, root, records_of(manifest, domain, stem), prep,
                                                 desc=f"embed {domain}/{stem}", **kw)
     return out
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def embed_folder(model: nn.Module, folder: Path, **kw) -> tuple[list[str], np.ndarray]:
+    """Embed every image under ``folder`` (recursively, sorted paths): (relative paths, ``[n, d]``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder of images")
+    paths = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    records = [ImageRecord(p, (0,)) for p in paths]
+    return paths, embed_records(model, folder, records, model.config.preprocess, images_dir=folder, **kw)

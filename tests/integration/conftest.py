@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-
-def sh(cwd: Path, *cmd: str) -> None:
-    if cmd[0] == "dvc":
-        cmd = (sys.executable, "-m", "dvc", *cmd[1:])
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+from tests.repos import init_repo, track_data
 
 
 def commit_data(repo: Path, message: str) -> None:
-    sh(repo, "dvc", "add", "-q", "data")
-    sh(repo, "dvc", "push", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", message)
+    track_data(repo, message, push=True)
 
 
 TINY_DEMO = dict(
@@ -36,11 +27,7 @@ def tiny_repo(tmp_path_factory) -> Path:
     from udon_core.demo import DemoConfig, build_demo_benchmark
 
     repo = tmp_path_factory.mktemp("repo")
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "config", "user.email", "ci@example.com")
-    sh(repo, "git", "config", "user.name", "ci")
-    sh(repo, "dvc", "init", "-q")
-    sh(repo, "dvc", "remote", "add", "-d", "local", str(repo.parent / "remote"))
+    init_repo(repo, remote=repo.parent / "remote")
     build_demo_benchmark(repo / "data", DemoConfig(**TINY_DEMO), progress=False)
     commit_data(repo, "tiny benchmark")
     return repo

@@ -84,3 +84,25 @@ def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
     assert items[5]["path"] in str(err.value) and "step 'data_validator' failed" in str(err.value)
     last = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
     assert "model_trainer" not in {name for name, s in last.steps.items() if str(s.status).endswith("completed")}
+
+
+def test_cli_evaluates_and_embeds_with_the_registered_model(first_run, tiny_repo, tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    _, outcome = first_run
+    uri = outcome.registration["model_uri"]
+    result = CliRunner().invoke(cli, ["evaluate", "--model", uri, "--data", str(tiny_repo / "data"),
+                                      "--out", str(tmp_path / "metrics.json")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["mean_mmp_at_5"] == pytest.approx(outcome.metrics["mean_mmp_at_5"], abs=1e-6)
+
+    folder = tiny_repo / "data" / "images" / "animals"
+    result = CliRunner().invoke(cli, ["embed", str(folder), "--model", uri, "--out", str(tmp_path / "e.parquet")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "e.parquet")
+    assert list(table["path"]) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
+    assert len(table["embedding"][0]) == 64

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from click.testing import CliRunner
 
 from pipelines.cli import cli
+from tests.repos import init_repo, track_data
 
 
 def test_run_with_a_missing_config_is_one_clear_sentence(tmp_path):
@@ -24,14 +22,10 @@ def test_bad_override_is_reported(tmp_path):
 
 
 def test_data_status_and_build(tmp_path):
-    def sh(*cmd):
-        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
-
-    sh("git", "init", "-q")
-    sh(sys.executable, "-m", "dvc", "init", "-q")
+    init_repo(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.txt").write_text("a")
-    sh(sys.executable, "-m", "dvc", "add", "-q", "data")
+    track_data(tmp_path)
     result = CliRunner().invoke(cli, ["data", "status", "--repo", str(tmp_path)])
     assert result.exit_code == 0 and "workspace: clean" in result.output
     result = CliRunner().invoke(cli, ["data", "build", "--out", str(tmp_path / "data")])

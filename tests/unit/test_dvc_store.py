@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from steps import dvc_store
 from steps.dvc_store import DataVersionError
-
-
-def _sh(cwd, *cmd):
-    # why: `make test` runs pytest without .venv/bin on PATH, so dvc runs through this interpreter.
-    if cmd[0] == "dvc":
-        cmd = (sys.executable, "-m", "dvc", *cmd[1:])
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+from tests.repos import init_repo, track_data
 
 
 def write_data(target, text="hello"):
@@ -28,18 +20,9 @@ def write_data(target, text="hello"):
 @pytest.fixture
 def repo(tmp_path):
     """A git + DVC repository with a local remote and a pushed, committed `data/` folder."""
-    r = tmp_path / "repo"
-    r.mkdir()
-    _sh(r, "git", "init", "-q")
-    _sh(r, "git", "config", "user.email", "t@example.com")
-    _sh(r, "git", "config", "user.name", "t")
-    _sh(r, "dvc", "init", "-q")
-    _sh(r, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    r = init_repo(tmp_path / "repo", remote=tmp_path / "remote")
     write_data(r / "data")
-    _sh(r, "dvc", "add", "-q", "data")
-    _sh(r, "dvc", "push", "-q")
-    _sh(r, "git", "add", "-A")
-    _sh(r, "git", "commit", "-qm", "data v1")
+    track_data(r, "data v1", push=True)
     return r
 
 

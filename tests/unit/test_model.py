@@ -82,3 +82,21 @@ def test_efficientnet_lite0_package_weights_load_into_timm():
     assert net.bn1.running_mean.abs().sum() > 0
     with pytest.raises(ValueError, match="holds tf_efficientnet_lite0 weights"):
         create_backbone(BackboneConfig(name="resnet18", pretrained="efficientnet-lite0-package"))
+
+
+def test_embed_folder_keeps_sorted_paths_and_unit_norm(model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from udon_core.embedding import embed_folder
+
+    for name in ("b/2.png", "a.png", "b/1.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 24), (10, 200, 30)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    paths, vectors = embed_folder(model.embedding_model(), tmp_path, progress=False)
+    assert paths == ["a.png", "b/1.jpg", "b/2.png"]
+    assert vectors.shape == (3, 8) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        embed_folder(model.embedding_model(), tmp_path / "empty", progress=False)

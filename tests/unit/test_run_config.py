@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from pipelines.run import ConfigError, deep_merge, parse_override, resolve_config
+from tests.repos import init_repo, track_data
 
 
 def test_parse_override_builds_a_nested_dict_with_yaml_values():
@@ -24,14 +22,10 @@ def test_deep_merge_keeps_siblings():
 
 @pytest.fixture
 def repo(tmp_path):
-    def sh(*cmd):
-        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
-
-    sh("git", "init", "-q")
-    sh(sys.executable, "-m", "dvc", "init", "-q")
+    init_repo(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.txt").write_text("x")
-    sh(sys.executable, "-m", "dvc", "add", "-q", "data")
+    track_data(tmp_path)
     return tmp_path
 
 
