@@ -103,8 +103,8 @@ def _validate_parameters(params: dict, source: str) -> dict[str, BaseModel]:
 def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
     """The run configuration file with the overrides applied and every parameter section validated.
 
-    The data section gets the pinned DVC hash and the workspace state, so the ingest step's cache key
-    changes exactly when the data version (or its presence on disk) changes.
+    The data section gets the pinned DVC hash, so the ingest step's cache key changes exactly when the
+    data version changes; when the data is absent from disk the ingest step runs uncached (to pull it).
     """
     path = Path(config_path)
     if not path.is_file():
@@ -118,8 +118,12 @@ def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
     state = dvc_store.workspace_state(Path(data.repo), data.dvc_file)
     if state == "modified":
         dvc_store.ensure_data(Path(data.repo), data.dvc_file)  # raises the explanatory DataVersionError
-    params["data"] = data.model_copy(update={"pinned_md5": f"{pin.md5}:{state}"})
+    params["data"] = data.model_copy(update={"pinned_md5": pin.md5})
     doc["parameters"] = {k: v.model_dump(mode="json") for k, v in params.items()}
+    if state == "missing":
+        # why: a cached ingest would skip pulling the data back. ZenML still records this run's cache key,
+        # which is the key of every later run with the data present, so those reuse it.
+        doc.setdefault("steps", {}).setdefault("data_ingester", {})["enable_cache"] = False
     return doc
 
 

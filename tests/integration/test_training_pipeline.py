@@ -65,6 +65,17 @@ def test_second_run_reuses_ingest_and_validation(first_run):
     assert {"data_ingester", "data_validator"} <= set(again.cached_steps)
 
 
+def test_deleted_data_is_pulled_back_and_the_next_run_is_cached(first_run, tiny_repo):
+    from pipelines.run import run_training
+
+    config, _ = first_run
+    shutil.rmtree(tiny_repo / "data")
+    restored = run_training(config)
+    assert "data_ingester" not in restored.cached_steps and (tiny_repo / "data" / "benchmark.json").is_file()
+    again = run_training(config)
+    assert {"data_ingester", "data_validator", "model_trainer"} <= set(again.cached_steps)
+
+
 def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
     from zenml.client import Client
 

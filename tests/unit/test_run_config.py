@@ -38,17 +38,21 @@ def test_resolve_adds_the_data_version_and_validates(repo):
     cfg = write(repo / "run.yaml", {"parameters": {"data": {"repo": str(repo)}}})
     doc = resolve_config(cfg, ["evaluation.split=val"])
     md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
-    assert doc["parameters"]["data"]["pinned_md5"] == f"{md5}:clean"
+    assert doc["parameters"]["data"]["pinned_md5"] == md5
     assert doc["parameters"]["evaluation"]["split"] == "val"
     assert set(doc["parameters"]) == {"data", "training", "evaluation", "registry"}
+    assert "data_ingester" not in doc.get("steps", {})
 
 
-def test_missing_data_changes_the_cache_key(repo):
+def test_missing_data_runs_ingest_uncached_with_the_same_parameters(repo):
     import shutil
 
+    cfg = write(repo / "run.yaml", {"parameters": {"data": {"repo": str(repo)}}})
+    present = resolve_config(cfg)
     shutil.rmtree(repo / "data")
-    doc = resolve_config(write(repo / "run.yaml", {"parameters": {"data": {"repo": str(repo)}}}))
-    assert doc["parameters"]["data"]["pinned_md5"].endswith(":missing")
+    missing = resolve_config(cfg)
+    assert missing["parameters"] == present["parameters"]  # same cache key as later runs
+    assert missing["steps"]["data_ingester"]["enable_cache"] is False
 
 
 def test_modified_data_fails_before_the_run(repo):
