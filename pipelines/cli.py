@@ -117,7 +117,7 @@ def evaluate_cmd(model_uri: str, data_dir: Path, benchmark: str, split: str, pro
 def embed_cmd(image_dir: Path, model_uri: str, out: Path, batch_size: int) -> None:
     """Embed your own images with a registered model (sorted paths, one 64-d unit vector each)."""
     from udon_core.embedding import embed_folder
-    from udon_core.evaluation import resolve_device
+    from udon_core.device import resolve_device
 
     try:
         if out.suffix not in (".npy", ".parquet"):

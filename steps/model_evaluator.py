@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,14 +43,9 @@ def model_evaluator(
     trained = evaluate_model(model, Path(dataset.root), manifest, dataset.benchmark, **kw)
     baseline = evaluate_model(untrained, Path(dataset.root), manifest, dataset.benchmark, **kw)
     reports = {"untrained (step 0)": baseline, "trained": trained}
-    chart = Image.open(plot_report(reports, Path(_tmp_png())))
-    chart.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Image.open(plot_report(reports, Path(tmp) / "metrics.png"))
+        chart.load()
     log_metadata(metadata={"mean_mmp_at_5": trained.mean_mmp_at_5, "mean_r_at_1": trained.mean_r_at_1,
                            "untrained_mean_mmp_at_5": baseline.mean_mmp_at_5}, infer_model=True)
     return trained.to_dict(), baseline.to_dict(), MarkdownString(format_comparison(reports)), chart
-
-
-def _tmp_png() -> str:
-    import tempfile
-
-    return tempfile.NamedTemporaryFile(suffix=".png", delete=False).name

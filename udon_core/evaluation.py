@@ -8,15 +8,9 @@ import pandas as pd
 import torch
 
 from udon_core.benchmark import BenchmarkSpec
+from udon_core.device import resolve_device
 from udon_core.embedding import embed_benchmark
 from udon_core.retrieval import RetrievalReport, evaluate_embeddings
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU (the default path everywhere)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def evaluate_model(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from udon_core.benchmark import BenchmarkSpec
+from udon_core.device import resolve_device
 from udon_core.domain_loader import DomainStream
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
@@ -76,12 +77,6 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         return {"steps": self.steps, "domain_steps": self.domain_steps, "best_val_r_at_1": self.best_score,
                 "best_step": self.best_step, "last": self.last_metrics}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def build_optimizer(task: UdonTask, cfg: TrainConfig) -> torch.optim.AdamW:
