@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
+from udon_core import demo
 from udon_core.benchmark import resolve_benchmark_spec
-from udon_core.demo import DemoConfig, build_demo_benchmark, tree_digest
+from udon_core.demo import DemoConfig, MissingSourceError, build_demo_benchmark, tree_digest
 from udon_core.manifest_checks import count_positives
 from udon_core.transforms import load_rgb
-from udon_core.uned import read_manifest
+from udon_core.uned import ImageRecord, info_file_path, read_manifest
 
 SMALL = DemoConfig(emoji_val_classes=3, emoji_test_classes=4, emoji_train_classes=5, glyph_train_fonts=2,
                    glyph_val_fonts=2, glyph_test_fonts=2, animals_train_per_class=3, animals_val_per_class=2,
@@ -34,15 +37,19 @@ def test_layout_reads_back_and_every_image_decodes(built):
     spec = resolve_benchmark_spec("auto", root)
     assert spec.name == "demo" and spec.domain_names == ("emoji", "glyphs", "animals")
     assert [d.num_train_classes for d in spec.domains] == [5, 62, 10]
+    assert all(info_file_path(root, d.name, s).is_file() for d in spec.domains for s in d.info_files)
     for path in manifest["path"]:
         assert load_rgb(root / "images" / path).mode == "RGB"
+    on_disk = {str(p.relative_to(root / "images")) for p in (root / "images").rglob("*.png")}
+    assert on_disk == set(manifest["path"]), "every image is referenced and every reference exists"
     assert "CC-BY 4.0" in (root / "LICENSES.md").read_text() and "CC-BY-SA 4.0" in (root / "LICENSES.md").read_text()
 
 
 def test_emoji_protocol_across_styles_with_held_out_classes(built):
     _, m = built
     emoji = m[m["domain"] == "emoji"]
-    labels = {s: {x for ls in emoji[emoji["split"] == s]["labels"] for x in ls} for s in ("train", "val", "test", "index")}
+    splits = ("train", "val", "test", "index")
+    labels = {s: {x for ls in emoji[emoji["split"] == s]["labels"] for x in ls} for s in splits}
     assert not labels["train"] & (labels["val"] | labels["test"]) and not labels["val"] & labels["test"]
     assert labels["test"] == labels["index"]
     assert all("/twemoji/" in p for p in emoji[emoji["split"] == "test"]["path"])
@@ -63,7 +70,26 @@ def test_every_query_has_a_positive(built):
     assert counts.dropna().min() >= 1
 
 
-def test_refuses_a_non_empty_folder(tmp_path):
+def test_refuses_a_non_empty_folder_unless_told_to_overwrite(built, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         build_demo_benchmark(tmp_path, SMALL, progress=False)
+    assert (tmp_path / "keep.txt").is_file()
+    build_demo_benchmark(tmp_path, SMALL, progress=False, overwrite=True)
+    assert not (tmp_path / "keep.txt").exists() and tree_digest(tmp_path) == tree_digest(built[0])
+
+
+def test_a_missing_source_package_names_the_pip_command(monkeypatch, tmp_path):
+    # why: a None entry in sys.modules makes `import animal_mnist` fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "animal_mnist", None)
+    with pytest.raises(MissingSourceError, match=r"'animal_mnist'.*pip install --no-deps animal-mnist==0\.4"):
+        demo.build_animals(tmp_path, SMALL, None, progress=False)
+
+
+def test_the_builder_refuses_a_query_without_a_positive():
+    # why: in a self-queried split a class seen once has no positive once the query itself is excluded.
+    files = {"train": [ImageRecord("a/0.png", (0,))],
+             "val": [ImageRecord("a/1.png", (1,)), ImageRecord("a/2.png", (1,))],
+             "test": [ImageRecord("a/3.png", (2,))]}
+    with pytest.raises(ValueError, match="demo animals/test: query a/3.png has no relevant index image"):
+        demo._check_positives("animals", files)
