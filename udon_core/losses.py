@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class LossConfig(BaseModel):
@@ -24,19 +24,38 @@ class LossConfig(BaseModel):
     relational: Literal["chunks", "full"] = Field(
         default="chunks", description="'chunks' emulates the official 4 devices x 32 images; 'full' uses all pairs"
     )
+    # why: the official loss is coeff * (1/b) * sum over the per-device b x b block with coeff = n_devices / 4,
+    # "to match original implem. that was using 4 devices": 4 chunks of 32 at the global batch of 128.
     relational_chunks: int = Field(default=4, ge=1, description="devices of the original run (coeff = n_devices / 4)")
+    # why: all four weights are 1.0 and the total is divided by their sum (udon_model.loss_function).
     teacher_ce_weight: float = Field(default=1.0, ge=0)
     student_ce_weight: float = Field(default=1.0, ge=0)
     kl_weight: float = Field(default=1.0, ge=0)
     relational_weight: float = Field(default=1.0, ge=0)
     distill_detach_backbone: bool = Field(
         default=False,
-        description="False = official code (distillation reaches the backbone); True = paper Fig. 2 (student head only)",
+        description="False = official code (distillation reaches the backbone); "
+        "True = paper Fig. 2 (distillation trains the student head only)",
     )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "LossConfig":
+        if sum(self.weights().values()) <= 0:
+            raise ValueError("at least one loss weight must be positive")
+        return self
+
+    def weights(self) -> dict[str, float]:
+        """Loss term name -> weight; the total is the weighted mean of the terms."""
+        return {"teacher_ce": self.teacher_ce_weight, "student_ce": self.student_ce_weight, "kl": self.kl_weight,
+                "relational": self.relational_weight}
 
 
 def margin_logits(cos: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """``[B, C]`` cosines -> scaled logits with the configured margin on the target class."""
+    """``[B, C]`` cosines -> scaled logits with the configured margin on the target class.
+
+    As ``loss_utils._transform_logits``: NormFace s*cos; CosFace s*(cos - m) and ArcFace s*cos(theta + m) on
+    the target only (no "easy margin"; the clamp only keeps acos finite at +-1).
+    """
     if cfg.margin == 0 or cfg.margin_type == "normface":
         return cfg.scale * cos
     target = F.one_hot(labels, cos.shape[1]).bool()
@@ -54,7 +73,9 @@ def classification_loss(cos: torch.Tensor, labels: torch.Tensor, cfg: LossConfig
 def kl_distillation(student_cos: torch.Tensor, teacher_cos: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) of softmax(cos / T), teacher detached, summed over classes, mean over B.
 
-    The official code takes log(softmax(.)); log_softmax is the same value without the underflow.
+    Inputs are the raw ``[B, C]`` cosines (not the scale-16 logits): T = 0.1 is an effective scale of 10.
+    The official code takes log(softmax(.)) (udon_logits_distillation_loss); log_softmax is the same value
+    without the underflow to log(0) that a peaked softmax over 224k Met classes can hit.
     """
     log_pt = F.log_softmax(teacher_cos.detach() / temperature, dim=-1)
     log_ps = F.log_softmax(student_cos / temperature, dim=-1)
@@ -71,17 +92,20 @@ def _relational_block(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
 def relational_distillation(student: torch.Tensor, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """Match the student's in-batch similarity matrix to the teacher's (diagonal included).
 
-    'chunks': the batch is split into ``relational_chunks`` sub-batches (the per-device batches of the
-    original 4-device run) and the per-chunk losses are averaged. 'full': all B x B pairs with the same
-    per-entry scale, i.e. (1 / (chunks * B)) * sum over B x B, which is the official single-device value.
+    ``student [B, d_u]`` and ``teacher [B, d_t]`` are unit vectors. 'chunks': the batch is split into
+    ``relational_chunks`` consecutive sub-batches of B / chunks images (the per-device batches of the
+    original 4-device run; sizes differ by at most one when B is not a multiple) and the per-chunk
+    (1/b) * sum(dS^2) are averaged, which is what the pmean of the per-device gradients optimised.
+    'full': all B x B pairs at the same per-entry scale, (1 / (chunks * B)) * sum(dS^2), which is the
+    official code's own value on one device.
     """
     if cfg.relational == "full":
         return _relational_block(student, teacher) / cfg.relational_chunks
     chunks = min(cfg.relational_chunks, student.shape[0])
-    parts = zip(student.chunk(chunks), teacher.chunk(chunks))
+    parts = zip(student.tensor_split(chunks), teacher.tensor_split(chunks))
     return torch.stack([_relational_block(s, t) for s, t in parts]).mean()
 
 
 def precision_at_1(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of the batch whose highest cosine is the true class."""
+    """Fraction of the batch whose highest cosine is the true class (the official ``prec@1`` on raw logits)."""
     return (cos.argmax(dim=-1) == labels).float().mean()

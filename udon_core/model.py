@@ -88,11 +88,8 @@ class UdonModel(nn.Module):
         self.teacher_classifiers = nn.ModuleDict({d: CosineClassifier(cfg.teacher_dim, n) for d, n in classes.items()})
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, S, S]`` -> L2-normalised backbone features ``[B, D]``."""
+        """``[B, 3, S, S]`` -> L2-normalised backbone features ``[B, D]``, float32 even under autocast."""
         return F.normalize(self.backbone(images).float(), dim=-1)
-
-    def head_modules(self) -> list[nn.Module]:
-        return [self.student, self.teachers, self.student_classifiers, self.teacher_classifiers]
 
     def domain_head_parameters(self, domain: str) -> list[nn.Parameter]:
         """Parameters that only ``domain``'s batches train (its teacher head and both classifiers)."""
@@ -122,7 +119,9 @@ class EmbeddingModel(nn.Module):
         self.student = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.student(F.normalize(self.backbone(images).float(), dim=-1))
+        feats = F.normalize(self.backbone(images).float(), dim=-1)
+        with torch.autocast(images.device.type, enabled=False):  # the head in float32, as in training
+            return self.student(feats)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` + ``model.json`` (the config that rebuilds it) into ``directory``."""
@@ -146,7 +145,8 @@ class EmbeddingModel(nn.Module):
             raise ValueError(f"{path}: not an exported udon model (no {SIDECAR_FILE})")
         sidecar = json.loads((path / SIDECAR_FILE).read_text())
         if sidecar.get("format") != EXPORT_FORMAT:
-            raise ValueError(f"{path / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}, expected {EXPORT_FORMAT}")
+            found = sidecar.get("format")
+            raise ValueError(f"{path / SIDECAR_FILE}: unknown format {found!r}, expected {EXPORT_FORMAT}")
         model = cls(ModelConfig.model_validate(sidecar["config"]))
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=map_location), strict=True)
-        return model.eval()
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+        return model.to(map_location).eval()

@@ -1,11 +1,13 @@
 """The UDON objective as a method object: forward + every loss term for one single-domain batch.
 
-The training loop only knows ``task(images, labels, domain) -> {"loss": ..., other scalars}`` and
-``task.param_groups()``, so another objective (e.g. UNIC distillation from frozen teachers) plugs in
-without touching the loop.
+The training loop only knows ``task(images, labels, domain) -> {"loss": total, other scalars}``,
+``task.param_groups()`` and ``task.inactive_head_parameters(domain)``, so another objective (e.g. UNIC:
+frozen teachers and a ladder of projectors) plugs in without touching the loop (timm's "task" pattern).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -15,49 +17,83 @@ from udon_core.model import UdonModel
 
 
 class UdonTask(nn.Module):
-    """Online distillation: per-domain teacher heads teach the shared 64-d student head."""
+    """Online distillation: per-domain teacher heads teach the shared 64-d student head.
 
-    def __init__(self, model: UdonModel, loss: LossConfig) -> None:
+    Loss of a batch of domain d (research/udon.md section 2), weights w (all 1 by default):
+    ``(w1 CE(16 cos_t) + w2 CE(16 cos_u) + w3 KL(sg(cos_t)/0.1 || cos_u/0.1) + w4 L_rel) / sum(w)``.
+    With the three teacher weights at 0 the teachers do not run and this is the UnED baselines' objective
+    (a 64-d projection trained by NormFace CE alone).
+
+    Args:
+        student_head_group: optimiser group of the student projection: 'heads' (UDON) or 'backbone' (the
+            UnED baselines, whose ``params_early_train = ['output_projection']`` leaves it with the backbone).
+    """
+
+    def __init__(self, model: UdonModel, loss: LossConfig, student_head_group: Literal["heads", "backbone"] = "heads"):
         super().__init__()
         self.model = model
         self.loss = loss
+        self.student_head_group = student_head_group
 
     @property
     def domains(self) -> list[str]:
         return self.model.domains
 
+    @property
+    def uses_teachers(self) -> bool:
+        w = self.loss
+        return w.teacher_ce_weight > 0 or w.kl_weight > 0 or w.relational_weight > 0
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """'heads' (projections + classifiers) and 'backbone' (everything else), as the official masks."""
-        heads = [p for m in self.model.head_modules() for p in m.parameters()]
-        return {"heads": heads, "backbone": list(self.model.backbone.parameters())}
+        """'heads' (projections + classifiers) and 'backbone' (everything else), as the official masks.
+
+        why: ``params_early_train = ['output_projection', 'teacher_projection_domain',
+        'universal_student_projection_domain']`` selects the heads; all the rest is the backbone.
+        """
+        m = self.model
+        heads = [m.teachers, m.student_classifiers, m.teacher_classifiers]
+        backbone = [m.backbone]
+        (heads if self.student_head_group == "heads" else backbone).insert(0, m.student)
+        return {"heads": [p for mod in heads for p in mod.parameters()],
+                "backbone": [p for mod in backbone for p in mod.parameters()]}
 
     def inactive_head_parameters(self, domain: str) -> list[nn.Parameter]:
-        """Head parameters this batch does not touch (other domains' heads and classifiers)."""
-        return [p for d in self.domains if d != domain for p in self.model.domain_head_parameters(d)]
+        """Head parameters a batch of ``domain`` does not touch (other domains' heads and classifiers).
+
+        Teacher heads that never run (student-only objective) are left out: they are not trained at all.
+        """
+        m = self.model
+        kinds = [m.student_classifiers] + ([m.teachers, m.teacher_classifiers] if self.uses_teachers else [])
+        return [p for d in self.domains if d != domain for kind in kinds for p in kind[d].parameters()]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, domain: str) -> dict[str, torch.Tensor]:
-        """Losses of one batch ``images [B,3,S,S]``, ``labels [B]`` of ``domain``; 'loss' is the total."""
+        """Losses of one batch ``images [B, 3, S, S]``, ``labels [B]`` (class ids of ``domain``).
+
+        Returns 'loss' (the total, with grad), 'loss/<term>' for each term and 'prec1/{teacher,student}'.
+        Only ``domain``'s teacher head and classifiers run. The backbone runs under the caller's autocast;
+        heads and losses run in float32 (the official model is float32 throughout, and bf16 cosines
+        scaled by 16 or divided by 0.1 would lose most of their resolution).
+        """
         cfg, m = self.loss, self.model
         feats = m.features(images)
-        student = m.student(feats)
-        teacher = m.teachers[domain](feats)
-        s_cos = m.student_classifiers[domain](student)
-        t_cos = m.teacher_classifiers[domain](teacher)
-        # why: the paper's Fig. 2 stops distillation at the student head; the official code does not.
-        d_student = m.student(feats.detach()) if cfg.distill_detach_backbone else student
-        d_cos = m.student_classifiers[domain](d_student) if cfg.distill_detach_backbone else s_cos
-        terms = {
-            "teacher_ce": classification_loss(t_cos, labels, cfg),
-            "student_ce": classification_loss(s_cos, labels, cfg),
-            "kl": kl_distillation(d_cos, t_cos, cfg.temperature),
-            "relational": relational_distillation(d_student, teacher, cfg),
-        }
-        weights = {"teacher_ce": cfg.teacher_ce_weight, "student_ce": cfg.student_ce_weight,
-                   "kl": cfg.kl_weight, "relational": cfg.relational_weight}
-        total = sum(weights[k] * v for k, v in terms.items()) / sum(weights.values())
-        out = {"loss": total, **{f"loss/{k}": v for k, v in terms.items()}}
-        out["prec1/teacher"] = precision_at_1(t_cos.detach(), labels)
-        out["prec1/student"] = precision_at_1(s_cos.detach(), labels)
-        # The dynamic sampler's signal: the teacher's per-example CE, summed over the batch.
-        out["sampler_loss_sum"] = terms["teacher_ce"].detach() * labels.shape[0]
-        return out
+        with torch.autocast(images.device.type, enabled=False):
+            student = m.student(feats)
+            s_cos = m.student_classifiers[domain](student)
+            terms = {"student_ce": classification_loss(s_cos, labels, cfg)}
+            out = {"prec1/student": precision_at_1(s_cos.detach(), labels)}
+            if self.uses_teachers:
+                teacher = m.teachers[domain](feats)
+                t_cos = m.teacher_classifiers[domain](teacher)
+                if cfg.distill_detach_backbone:
+                    # why: the paper's Fig. 2 stops distillation at the student head; the official code does not.
+                    d_student = m.student(feats.detach())
+                    d_cos = m.student_classifiers[domain](d_student)
+                else:
+                    d_student, d_cos = student, s_cos
+                terms["teacher_ce"] = classification_loss(t_cos, labels, cfg)
+                terms["kl"] = kl_distillation(d_cos, t_cos, cfg.temperature)
+                terms["relational"] = relational_distillation(d_student, teacher, cfg)
+                out["prec1/teacher"] = precision_at_1(t_cos.detach(), labels)
+            weights = cfg.weights()
+            total = sum(weights[k] * v for k, v in terms.items()) / sum(weights[k] for k in terms)
+        return {"loss": total, **{f"loss/{k}": v.detach() for k, v in terms.items()}, **out}

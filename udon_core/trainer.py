@@ -1,29 +1,33 @@
 """The training loop: generic over the task, with UDON's optimisation recipe and exact resume.
 
-Recipe (research/udon.md section 4): AdamW, weight decay 1e-6 on every parameter, two groups — heads at
-1e-3 and the backbone at 1e-5 but at lr 0 during the frozen phase (kept in the optimiser, so its Adam
+Recipe (research/udon.md section 4): AdamW, weight decay 1e-6 on every parameter, two groups: heads at
+1e-3 and the backbone at 1e-5, but at lr 0 during the frozen phase (kept in the optimiser, so its Adam
 moments evolve as in the JAX original); inactive domain heads get zero gradients for the same reason.
+
+The loop knows the task only through ``task(images, labels, domain) -> {"loss", ...}``,
+``task.param_groups()`` and ``task.inactive_head_parameters(domain)``; it logs every key the task
+returns.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from udon_core.benchmark import BenchmarkSpec
 from udon_core.device import resolve_device
-from udon_core.domain_loader import DomainStream
+from udon_core.domain_loader import DomainStream, stream_seed
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.sampler import DomainSampler, SamplerConfig
@@ -33,6 +37,23 @@ from udon_core.uned import records_of
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 Validator = Callable[[EmbeddingModel], float]
+Method = Literal["udon", "uscrr", "uscds"]
+
+# What each method changes from the UDON defaults (research/udon.md section 4, "Differences from the UnED
+# baseline configs"): the UnED baselines train one 64-d projection with NormFace CE only, for 7 epochs
+# (7 x 22,118 steps), with the projection in the backbone's optimiser group (params_early_train =
+# ['output_projection']), and sample domains round robin (RR) or by dataset size (DS). Explicit settings
+# override a preset. The joint-classifier baselines (UJCRR, UJCDS) need a joint classifier: not yet.
+_NO_TEACHERS = {"teacher_ce_weight": 0.0, "kl_weight": 0.0, "relational_weight": 0.0}
+PRESETS: dict[str, dict[str, Any]] = {
+    "udon": {},
+    "uscrr": {"steps": 154_826, "student_head_group": "backbone", "loss": _NO_TEACHERS,
+              "sampler": {"strategy": "round_robin"}},
+    "uscds": {"steps": 154_826, "student_head_group": "backbone", "loss": _NO_TEACHERS,
+              "sampler": {"strategy": "dataset_size"}},
+}
+CHECKPOINT_FILE = "last.pt"
+CHECKPOINT_FORMAT = "udon-train-checkpoint/1"
 
 
 class TrainConfig(BaseModel):
@@ -40,32 +61,63 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    steps: int = Field(default=221_180, ge=1, description="UnED: 10 epochs of floor(2,831,222 / 128) steps")
-    batch_size: int = Field(default=128, ge=2, description="images per step, all from one domain")
-    lr_heads: float = Field(default=1e-3, ge=0)
-    lr_backbone: float = Field(default=1e-5, ge=0, description="1e-3 x the official multiplier 1e-2")
-    frozen_steps: int = Field(default=44_236, ge=0, description="backbone lr is 0 for the first 2 epochs")
-    weight_decay: float = Field(default=1e-6, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    method: Method = Field(
+        default="udon", description="'udon', or a UnED baseline preset: 'uscrr' / 'uscds' (separate classifiers, "
+        "round robin / dataset-size sampling); the preset fills every setting not given explicitly",
+    )
+    # why: 10 epochs (num_training_epochs) of floor(2,831,222 UnED train images / 128) = 22,118 steps.
+    steps: int = Field(default=221_180, ge=1, description="optimisation steps (UDON: 10 x 22,118)")
+    batch_size: int = Field(default=128, ge=2, description="images per step, all from one domain (UDON: 128)")
+    lr_heads: float = Field(default=1e-3, ge=0, description="projections and classifiers, constant (UDON: 1e-3)")
+    lr_backbone: float = Field(default=1e-5, ge=0, description="1e-3 x backbone_learning_rate_multiplier 1e-2")
+    # why: the official backbone lr is 0 while optax's update count (0-based) <= frozen_steps = 2 epochs =
+    # 44,236, i.e. for 44,237 updates; here "lr 0 while step < frozen_steps", hence 44,237.
+    frozen_steps: int = Field(default=44_237, ge=0, description="steps with backbone lr 0 (heads-only warm phase)")
+    weight_decay: float = Field(default=1e-6, ge=0, description="decoupled (optax.adamw), on all parameters")
+    betas: tuple[float, float] = (0.9, 0.999)  # optax defaults
     eps: float = 1e-8
-    zero_grad_inactive_heads: bool = Field(default=True, description="match optax: idle heads still take Adam steps")
+    student_head_group: Literal["heads", "backbone"] = Field(
+        default="heads", description="optimiser group of the 64-d projection (UDON: heads; UnED baselines: backbone)"
+    )
+    zero_grad_inactive_heads: bool = Field(
+        default=True, description="match optax: other domains' heads get zero grads, so Adam still moves them"
+    )
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    log_every: int = Field(default=50, ge=1)
-    checkpoint_every: int = Field(default=1000, ge=1)
-    deterministic: bool = False
+    seed: int = Field(default=0, description="rng_seed of the official config")
+    device: str = Field(default="auto", description="'auto' = CUDA when present, else CPU; or any torch device")
+    amp: bool = Field(default=True, description="bf16 autocast of the backbone on CUDA (the official run is fp32)")
+    num_workers: int = Field(default=0, ge=0, description="DataLoader workers per domain")
+    log_every: int = Field(default=50, ge=1, description="steps between metric callbacks")
+    checkpoint_every: int = Field(default=1000, ge=1, description="steps between checkpoints (and at the end)")
+    deterministic: bool = Field(default=False, description="deterministic kernels (exact resume on GPU too)")
     freeze_norm_stats: bool = Field(
         default=True,
         description="keep BatchNorm running statistics fixed (CNN backbones): every batch is single-domain, so "
         "updated statistics would follow whichever domain was drawn last. No effect on ViTs (LayerNorm).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill what ``method``'s preset sets and the caller did not (nested configs merged field by field)."""
+        if not isinstance(data, dict) or data.get("method", "udon") not in PRESETS:
+            return data
+        merged = dict(data)
+        for key, value in PRESETS[data.get("method", "udon")].items():
+            given = merged.get(key)
+            if isinstance(value, dict):
+                given = given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else (given or {})
+                merged[key] = {**value, **given}
+            elif key not in merged:
+                merged[key] = value
+        return merged
+
 
 @dataclass
 class TrainResult:
+    """The trained model (the best validated state when ``validate`` was given) and how it got there."""
+
     model: UdonModel
     steps: int
     domain_steps: dict[str, int]
@@ -80,36 +132,41 @@ class TrainResult:
 
 
 def build_optimizer(task: UdonTask, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with one named group per ``task.param_groups()`` entry; ``learning_rates`` sets their lr."""
     groups = [{"name": name, "params": params, "lr": 0.0} for name, params in task.param_groups().items()]
     return torch.optim.AdamW(groups, lr=cfg.lr_heads, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def learning_rates(step: int, cfg: TrainConfig) -> dict[str, float]:
-    """Constant heads lr; backbone lr 0 while ``step < frozen_steps`` (optax count <= frozen), then constant."""
+    """Constant heads lr; backbone lr 0 while ``step < frozen_steps`` (0-based), then constant."""
     return {"heads": cfg.lr_heads, "backbone": 0.0 if step < cfg.frozen_steps else cfg.lr_backbone}
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 @dataclass
@@ -120,66 +177,91 @@ class _Loop:
     optimizer: torch.optim.AdamW
     sampler: DomainSampler
     streams: list[DomainStream]
+    device: torch.device
     step: int = 0
     domain_steps: list[int] = field(default_factory=list)
     best_score: float | None = None
     best_step: int | None = None
-    best_state: dict | None = None
+    best_state: dict[str, torch.Tensor] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "sampler": self.sampler.state_dict(), "streams": [s.position for s in self.streams],
-                "step": self.step, "domain_steps": self.domain_steps, "rng": _rng_state(),
-                "best": (self.best_score, self.best_step, self.best_state)}
+        return {"format": CHECKPOINT_FORMAT, "model": self.task.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
+                "streams": [s.position for s in self.streams], "step": self.step,
+                "domain_steps": self.domain_steps, "rng": _rng_state(self.device),
+                "best": {"score": self.best_score, "step": self.best_step, "state": self.best_state}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
         self.task.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
-        for stream, pos in zip(self.streams, state["streams"]):
-            stream.position = pos
+        for stream, position in zip(self.streams, state["streams"], strict=True):
+            stream.seek(position)
         self.step, self.domain_steps = state["step"], list(state["domain_steps"])
-        self.best_score, self.best_step, self.best_state = state["best"]
-        _set_rng_state(state["rng"])
+        best = state["best"]
+        self.best_score, self.best_step, self.best_state = best["score"], best["step"], best["state"]
+        _set_rng_state(state["rng"], self.device)
 
 
-def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig) -> _Loop:
-    task = UdonTask(model, cfg.loss)
+def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
+                device: torch.device) -> _Loop:
+    task = UdonTask(model, cfg.loss, student_head_group=cfg.student_head_group)
     transform = train_transform(model.config.preprocess)
-    streams = []
-    for i, name in enumerate(model.domains):
-        records = records_of(manifest, name, spec.domain(name).train)
-        streams.append(DomainStream(root, records, transform, cfg.batch_size, seed=cfg.seed * 100 + i,
-                                    num_workers=cfg.num_workers))
-    sampler = DomainSampler([len(s.dataset) for s in streams], cfg.sampler, seed=cfg.seed)
-    return _Loop(task, build_optimizer(task, cfg), sampler, streams, domain_steps=[0] * len(streams))
+    streams = [
+        DomainStream(root, records_of(manifest, name, spec.domain(name).train), transform, cfg.batch_size,
+                     seed=stream_seed(cfg.seed, i), num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        for i, name in enumerate(model.domains)
+    ]
+    sampler = DomainSampler([len(s) for s in streams], cfg.sampler, total_steps=cfg.steps, seed=cfg.seed)
+    return _Loop(task, build_optimizer(task, cfg), sampler, streams, device, domain_steps=[0] * len(streams))
 
 
-def train_step(loop: _Loop, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """One optimisation step on one domain's batch; returns the scalars to log."""
+def train_step(loop: _Loop, cfg: TrainConfig) -> dict[str, torch.Tensor | float]:
+    """One optimisation step on one domain's batch: forward, backward, AdamW. Returns the task's outputs
+    (detached) plus the learning rates and the drawn domain; nothing is synchronised with the GPU except
+    the dynamic sampler's loss signal."""
     d = loop.sampler.draw(loop.step)
     domain = loop.task.domains[d]
-    images, labels = loop.streams[d].next()
-    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    images, labels = (t.to(loop.device, non_blocking=True) for t in loop.streams[d].next())
+    amp = cfg.amp and loop.device.type == "cuda"
+    with torch.autocast(loop.device.type, dtype=torch.bfloat16, enabled=amp):
         out = loop.task(images, labels, domain)
-    loop.optimizer.zero_grad(set_to_none=True)
+    # Idle heads keep zeroed gradient buffers (allocated once) so AdamW steps them as optax does.
+    loop.optimizer.zero_grad(set_to_none=not cfg.zero_grad_inactive_heads)
     out["loss"].backward()
     if cfg.zero_grad_inactive_heads:
         for p in loop.task.inactive_head_parameters(domain):
-            p.grad = torch.zeros_like(p)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
     lrs = learning_rates(loop.step, cfg)
     for group in loop.optimizer.param_groups:
         group["lr"] = lrs[group["name"]]
     loop.optimizer.step()
-    loop.sampler.record(d, float(out["sampler_loss_sum"]), labels.shape[0])
+    if cfg.sampler.strategy == "dynamic":
+        signal = out.get(cfg.sampler.signal)
+        if signal is None:
+            raise KeyError(f"the dynamic sampler needs '{cfg.sampler.signal}', the task returns {sorted(out)}")
+        # why: the official signal is the loss summed over examples, divided by the examples in the window.
+        loop.sampler.record(d, float(signal) * labels.shape[0], labels.shape[0], loop.step)
     loop.domain_steps[d] += 1
     loop.step += 1
-    metrics = {k: float(v.detach()) for k, v in out.items() if k != "sampler_loss_sum"}
-    metrics["loss/total"] = metrics.pop("loss")
+    metrics: dict[str, torch.Tensor | float] = {("loss/total" if k == "loss" else k): v.detach()
+                                                for k, v in out.items()}
     metrics.update({f"lr/{k}": v for k, v in lrs.items()}, domain=float(d))
-    metrics.update({f"sampler/p/{name}": float(p) for name, p in zip(loop.task.domains, loop.sampler.probs)})
     return metrics
+
+
+def _to_floats(metrics: dict[str, torch.Tensor | float], sampler: DomainSampler,
+               domains: list[str]) -> dict[str, float]:
+    """Python floats, with one device-to-host copy for all the tensors; then the sampler weights."""
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    values = torch.stack([v.float() for v in tensors.values()]).tolist() if tensors else []
+    floats = dict(zip(tensors, values, strict=True))
+    out = {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
+    out.update({f"sampler/p/{name}": p for name, p in sampler.weights(domains).items()})
+    return out
 
 
 def set_train_mode(model: UdonModel, freeze_norm_stats: bool) -> None:
@@ -198,36 +280,72 @@ def _maybe_validate(loop: _Loop, validate: Validator | None, every: int | None, 
     if loop.best_score is None or score > loop.best_score:
         # why: the official run keeps only the best checkpoint by mean merged val R@1 and tests that one.
         loop.best_score, loop.best_step = score, loop.step
-        loop.best_state = copy.deepcopy(loop.task.model.state_dict())
+        loop.best_state = _cpu_copy(loop.task.model.state_dict())
     return score
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of training only (the flags are process-global)."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    # why: cuBLAS is only deterministic with a fixed workspace; must be set before its first use.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
 
 
 def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig, *,
           callback: MetricsCallback | None = None, validate: Validator | None = None,
           validate_every: int | None = None, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` for ``cfg.steps`` steps, resuming from ``checkpoint_dir/last.pt`` when it exists."""
-    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    """Train ``model`` for ``cfg.steps`` steps, resuming from ``checkpoint_dir/last.pt`` when it exists.
+
+    Args:
+        model: the model to train, in place; its ``domains`` name the benchmark domains it trains on.
+        root, manifest, spec: the benchmark (``manifest`` rows of each domain's train split are used).
+        callback: receives ``(metrics, step)`` every ``log_every`` steps, at validations and at the end.
+        validate: scores a copy of the deployable model (higher is better); run every ``validate_every``
+            steps and at the end. The best state is kept and returned, as the official best checkpoint.
+        checkpoint_dir: where ``last.pt`` is written atomically; a later call resumes from it.
+    """
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
     device = resolve_device(cfg.device)
-    loop = _build_loop(model.to(device), Path(root), manifest, spec, cfg)
-    last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    loop = _build_loop(model.to(device), Path(root), manifest, spec, cfg, device)
+    last = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
     if last is not None and last.is_file():
-        loop.load_state_dict(torch.load(last, map_location=device, weights_only=False))
+        # weights_only=False: the checkpoint holds python/numpy RNG states. Tensors load to the CPU first;
+        # load_state_dict copies them onto the model's and optimiser's devices.
+        loop.load_state_dict(torch.load(last, map_location="cpu", weights_only=False))
     set_train_mode(model, cfg.freeze_norm_stats)
-    history, metrics = [], {}
-    for _ in tqdm(range(loop.step, cfg.steps), desc="train", initial=loop.step, total=cfg.steps, disable=not progress):
-        metrics = train_step(loop, cfg, device)
-        score = _maybe_validate(loop, validate, validate_every, final=loop.step == cfg.steps)
-        if score is not None:
-            metrics["val/r_at_1"] = score
-        if callback and (loop.step % cfg.log_every == 0 or score is not None or loop.step == cfg.steps):
-            callback(metrics, loop.step)
-            history.append({"step": loop.step, **metrics})
-        if last is not None and (loop.step % cfg.checkpoint_every == 0 or loop.step == cfg.steps):
-            save_checkpoint(last, loop.state_dict())
+    history: list[dict[str, float]] = []
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=loop.step, desc="train", disable=not progress, dynamic_ncols=True)
+    with _determinism(cfg.deterministic), bar:
+        while loop.step < cfg.steps:
+            raw = train_step(loop, cfg)
+            bar.update(1)
+            score = _maybe_validate(loop, validate, validate_every, final=loop.step == cfg.steps)
+            if loop.step % cfg.log_every == 0 or score is not None or loop.step == cfg.steps:
+                metrics = _to_floats(raw, loop.sampler, loop.task.domains)
+                if score is not None:
+                    metrics["val/r_at_1"] = score
+                history.append({"step": float(loop.step), **metrics})
+                bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", domain=loop.task.domains[int(metrics['domain'])])
+                if callback is not None:
+                    callback(metrics, loop.step)
+            if last is not None and (loop.step % cfg.checkpoint_every == 0 or loop.step == cfg.steps):
+                save_checkpoint(last, loop.state_dict())
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)
     model.eval()
-    return TrainResult(model, loop.step, dict(zip(loop.task.domains, loop.domain_steps)), metrics,
+    return TrainResult(model, loop.step, dict(zip(loop.task.domains, loop.domain_steps, strict=True)), metrics,
                        loop.best_score, loop.best_step, history)

@@ -1,15 +1,28 @@
-"""The training loop on a tiny benchmark: metrics, the frozen phase, and exact resume."""
+"""The training loop on a tiny benchmark: metrics, the optimiser recipe, and exact resume."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
+from udon_core.domain_loader import DomainStream
 from udon_core.model import UdonModel
 from udon_core.sampler import SamplerConfig
-from udon_core.trainer import TrainConfig, learning_rates, train
-from udon_core.uned import num_train_classes, read_manifest
+from udon_core.trainer import TrainConfig, _build_loop, learning_rates, train, train_step
+from udon_core.transforms import train_transform
+from udon_core.uned import num_train_classes, read_manifest, records_of
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # why: the CI box has 2 shared cores; torch's 2 threads contend and tiny models run ~10x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +33,7 @@ def bench(tmp_path_factory):
 
 
 CFG = TrainConfig(steps=8, batch_size=4, frozen_steps=3, log_every=1, checkpoint_every=1, deterministic=True,
-                  sampler=SamplerConfig(update_every=4))
+                  device="cpu", sampler=SamplerConfig(update_every=4))
 
 
 def _model(classes):
@@ -32,34 +45,154 @@ def test_backbone_is_frozen_then_trains():
     cfg = TrainConfig(frozen_steps=2)
     assert [learning_rates(s, cfg)["backbone"] for s in range(4)] == [0.0, 0.0, 1e-5, 1e-5]
     assert learning_rates(0, cfg)["heads"] == 1e-3
+    # the official lr is 0 while optax's count <= 44,236 (2 epochs): 44,237 frozen updates
+    assert learning_rates(44_236, TrainConfig())["backbone"] == 0.0
+    assert learning_rates(44_237, TrainConfig())["backbone"] == 1e-5
+
+
+def test_method_presets_fill_only_what_is_not_given():
+    uscrr = TrainConfig(method="uscrr")
+    assert (uscrr.steps, uscrr.student_head_group, uscrr.sampler.strategy) == (154_826, "backbone", "round_robin")
+    assert uscrr.loss.weights() == {"teacher_ce": 0.0, "student_ce": 1.0, "kl": 0.0, "relational": 0.0}
+    uscds = TrainConfig.model_validate({"method": "uscds", "steps": 10, "loss": {"scale": 32.0}})
+    assert (uscds.steps, uscds.sampler.strategy) == (10, "dataset_size")
+    assert (uscds.loss.scale, uscds.loss.kl_weight) == (32.0, 0.0)
+    assert TrainConfig.model_validate(uscds.model_dump(mode="json")) == uscds
+    assert TrainConfig().loss.weights()["kl"] == 1.0 and TrainConfig().sampler.strategy == "dynamic"
+
+
+def test_a_baseline_run_never_touches_the_teachers(bench):
+    root, manifest, classes = bench
+    model = _model(classes)
+    teachers = {k: v.clone() for k, v in model.teachers.state_dict().items()}
+    cfg = TrainConfig(method="uscds", steps=3, batch_size=4, frozen_steps=1, log_every=1, device="cpu")
+    seen = []
+    train(model, root, manifest, SPEC, cfg, callback=lambda m, s: seen.append(m), progress=False)
+    assert all(torch.equal(teachers[k], v) for k, v in model.teachers.state_dict().items())
+    assert "loss/teacher_ce" not in seen[-1] and math.isfinite(seen[-1]["loss/student_ce"])
 
 
 def test_metrics_reach_the_callback(bench):
     root, manifest, classes = bench
     seen = []
-    result = train(_model(classes), root, manifest, SPEC, CFG, callback=lambda m, s: seen.append((s, m)), progress=False)
+    result = train(_model(classes), root, manifest, SPEC, CFG, callback=lambda m, s: seen.append((s, m)),
+                   progress=False)
     assert [s for s, _ in seen] == list(range(1, 9))
     keys = set(seen[-1][1])
-    assert {"loss/total", "loss/teacher_ce", "loss/kl", "loss/relational", "prec1/student", "lr/backbone",
-            "sampler/p/shapes", "sampler/p/colors"} <= keys
-    assert all(torch.isfinite(torch.tensor(m["loss/total"])) for _, m in seen)
+    assert {"loss/total", "loss/teacher_ce", "loss/student_ce", "loss/kl", "loss/relational", "prec1/teacher",
+            "prec1/student", "lr/heads", "lr/backbone", "sampler/p/shapes", "sampler/p/colors", "domain"} <= keys
+    assert all(isinstance(v, float) and math.isfinite(v) for _, m in seen for v in m.values())
+    assert [m["domain"] for _, m in seen[:3]] == [0.0, 1.0, 0.0]  # round robin before the first update
+    assert [m["lr/backbone"] for _, m in seen[:4]] == [0.0, 0.0, 0.0, 1e-5]
     assert sum(result.domain_steps.values()) == 8 and result.domain_steps["shapes"] >= 2
+    assert [h["step"] for h in result.history] == [float(s) for s in range(1, 9)]
+    assert not result.model.training
 
 
-def test_resume_ends_with_the_same_weights(bench, tmp_path):
+def test_frozen_backbone_stays_put_and_inactive_heads_still_take_adam_steps(bench):
     root, manifest, classes = bench
-    straight = train(_model(classes), root, manifest, SPEC, CFG, progress=False).model.state_dict()
-    half = CFG.model_copy(update={"steps": 4})
-    train(_model(classes), root, manifest, SPEC, half, checkpoint_dir=tmp_path, progress=False)
-    resumed = train(_model(classes), root, manifest, SPEC, CFG, checkpoint_dir=tmp_path, progress=False)
-    assert resumed.steps == 8
-    state = resumed.model.state_dict()
-    assert all(torch.equal(straight[k], state[k]) for k in straight)
+    model = _model(classes)
+    cfg = CFG.model_copy(update={"frozen_steps": 10, "sampler": SamplerConfig(strategy="round_robin")})
+    backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    loop = _build_loop(model, root, manifest, SPEC, cfg, torch.device("cpu"))
+    train_step(loop, cfg)  # domain 0 ("shapes") only
+    assert all(torch.equal(backbone[k], v) for k, v in model.backbone.state_dict().items())
+    idle = model.teacher_classifiers["colors"].weight
+    # why: optax updates every parameter every step (zero grads for idle heads), so their Adam count moves
+    assert loop.optimizer.state[idle]["step"] == 1 and loop.optimizer.state[model.backbone.cls_token]["step"] == 1
+    off = cfg.model_copy(update={"zero_grad_inactive_heads": False})
+    loop = _build_loop(_model(classes), root, manifest, SPEC, off, torch.device("cpu"))
+    train_step(loop, off)
+    assert loop.task.model.teacher_classifiers["colors"].weight not in loop.optimizer.state
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step_to_crash: int):
+    def callback(metrics, step):
+        if step == step_to_crash:
+            raise _Crash
+
+    return callback
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(bench, tmp_path):
+    root, manifest, classes = bench
+    straight = train(_model(classes), root, manifest, SPEC, CFG, progress=False)
+    cfg = CFG.model_copy(update={"checkpoint_every": 2})
+    with pytest.raises(_Crash):  # dies after step 5, whose checkpoint is never written: resume from step 4
+        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
+              progress=False)
+    assert (tmp_path / "last.pt").is_file() and not list(tmp_path.glob("*.tmp"))
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 4
+    # a fresh process rebuilds the model from its config: another init, the same result once loaded
+    torch.manual_seed(123)
+    resumed = train(UdonModel(TINY_MODEL, classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.steps == 8 and resumed.domain_steps == straight.domain_steps
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.last_metrics == straight.last_metrics
+
+
+def test_a_finished_run_is_not_trained_again(bench, tmp_path):
+    root, manifest, classes = bench
+    done = train(_model(classes), root, manifest, SPEC, CFG.model_copy(update={"steps": 2}), checkpoint_dir=tmp_path,
+                 progress=False)
+    again = train(_model(classes), root, manifest, SPEC, CFG.model_copy(update={"steps": 2}), checkpoint_dir=tmp_path,
+                  progress=False)
+    assert again.steps == 2 and again.history == []
+    a, b = done.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_validation_keeps_the_best_state(bench):
     root, manifest, classes = bench
     scores = iter([0.2, 0.9, 0.1, 0.3])
-    result = train(_model(classes), root, manifest, SPEC, CFG, validate=lambda m: next(scores), validate_every=2,
-                   progress=False)
+    states = []
+
+    def validate(model):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    result = train(_model(classes), root, manifest, SPEC, CFG, validate=validate, validate_every=2, progress=False)
     assert (result.best_score, result.best_step) == (0.9, 4)
+    best = result.model.embedding_model().state_dict()
+    assert all(torch.equal(best[k], states[1][k]) for k in best)
+    assert [h["val/r_at_1"] for h in result.history if "val/r_at_1" in h] == [0.2, 0.9, 0.1, 0.3]
+
+
+def test_domain_stream_restarts_at_any_batch(bench):
+    root, manifest, _ = bench
+    records = records_of(manifest, "shapes", "train")
+
+    def stream():
+        return DomainStream(root, records, train_transform(TINY_MODEL.preprocess), batch_size=4, seed=7)
+
+    a = stream()
+    batches = [a.next() for _ in range(6)]  # 18 images, 4 batches per epoch: crosses an epoch boundary
+    b = stream()
+    b.seek(3)
+    for images, labels in batches[3:]:
+        again = b.next()
+        assert torch.equal(again[0], images) and torch.equal(again[1], labels)
+    epoch0 = torch.cat([labels for _, labels in batches[:4]])
+    assert sorted(epoch0.tolist()) != epoch0.tolist() or len(set(epoch0.tolist())) == 1  # shuffled
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_run_is_finite_and_resumes_exactly(bench, tmp_path):
+    root, manifest, classes = bench
+    cfg = CFG.model_copy(update={"device": "cuda", "checkpoint_every": 2})
+    seen = []
+    straight = train(_model(classes), root, manifest, SPEC, cfg, callback=lambda m, s: seen.append(m), progress=False)
+    assert all(math.isfinite(m["loss/total"]) for m in seen)
+    assert next(straight.model.parameters()).device.type == "cuda"
+    with pytest.raises(_Crash):
+        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
+              progress=False)
+    resumed = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
