@@ -25,20 +25,26 @@ def embed_records(
     device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True, desc: str = "embed",
     images_dir: Path | None = None,
 ) -> np.ndarray:
-    """``[n, d]`` float32 L2-normalised embeddings of ``records``, in their order (bf16 autocast on CUDA).
+    """``[n, d]`` float32 L2-normalised embeddings of ``records``, in their order.
 
-    Images are read from ``root/images/<path>``, or from ``images_dir/<path>`` when it is given.
+    ``model(x [B, 3, S, S]) -> [B, d]`` runs in eval mode (its train/eval mode is restored afterwards)
+    under bf16 autocast on CUDA, fp32 on CPU; outputs are re-normalised in float32. Images are read from
+    ``root/images/<path>``, or from ``images_dir/<path>`` when it is given.
     """
     device = torch.device(device)
+    was_training = model.training
     model = model.eval().to(device)
     dataset = ImageListDataset(root, records, eval_transform(preprocess), images_dir=images_dir)
     loader = DataLoader(dataset, batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     chunks = []
-    for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(images.to(device, non_blocking=True))
-        chunks.append(F.normalize(out.float(), dim=-1).cpu().numpy())
+    try:
+        for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = model(images.to(device, non_blocking=True))
+            chunks.append(F.normalize(out.float(), dim=-1).cpu().numpy())
+    finally:
+        model.train(was_training)
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -55,19 +61,31 @@ def eval_files(spec: BenchmarkSpec, split: str) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
+def _model_preprocess(model: nn.Module) -> Preprocess:
+    prep = getattr(getattr(model, "config", None), "preprocess", None)
+    if not isinstance(prep, Preprocess):
+        raise TypeError(f"{type(model).__name__} has no config.preprocess: pass preprocess= explicitly")
+    return prep
+
+
 def embed_benchmark(
     model_for: nn.Module | Callable[[str], nn.Module], root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec,
     splits: Sequence[str] = ("test",), preprocess: Preprocess | None = None, **kw,
 ) -> dict[str, np.ndarray]:
-    """Embeddings keyed ``"<domain>/<stem>"`` for every info file the eval ``splits`` need.
+    """``{"<domain>/<stem>": [n, d] float32}`` for every info file the eval ``splits`` need, in file order.
 
-    ``model_for`` is a model, or a function domain -> model (each domain embedded by its own teacher).
+    Each file is embedded once, also when it is both the query and the index set. ``model_for`` is a
+    model, or a function domain -> model (the "oracle teacher" protocol: each domain embedded by its own
+    teacher head). ``preprocess`` defaults to the model's ``config.preprocess``; ``kw`` goes to
+    ``embed_records`` (batch_size, device, num_workers, progress).
     """
     pairs = list(dict.fromkeys(p for split in splits for p in eval_files(spec, split)))
-    out = {}
+    out, models = {}, {}
     for domain, stem in pairs:
-        model = model_for if isinstance(model_for, nn.Module) else model_for(domain)
-        prep = preprocess or model.config.preprocess
+        if domain not in models:
+            models[domain] = model_for if isinstance(model_for, nn.Module) else model_for(domain)
+        model = models[domain]
+        prep = preprocess or _model_preprocess(model)
         out[f"{domain}/{stem}"] = embed_records(model, root, records_of(manifest, domain, stem), prep,
                                                 desc=f"embed {domain}/{stem}", **kw)
     return out
