@@ -1,0 +1,70 @@
+"""`udon k8s`: render and check the training manifests from the one cluster configuration.
+
+Attached to the main command line as `udon k8s ...`; also a click group of its own (`k8s`) for tests.
+Imports nothing heavy until a command runs, so `udon --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipelines.cli import USER_ERRORS, _fail
+
+
+@click.group("k8s")
+def k8s() -> None:
+    """Kubernetes: training manifests (Job / Kubeflow PyTorchJob) from configs/cluster.yaml."""
+
+
+@k8s.command("render")
+@click.option("--config", "config_path", default="configs/cluster.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="the cluster configuration (image, namespace, GPUs, storage...)")
+@click.option("--overlay", "overlays", multiple=True, type=click.Path(path_type=Path),
+              help="a YAML file merged over --config, e.g. k8s/overlays/multi-node.yaml (repeatable)")
+@click.option("--train-config", "train_path", required=True, type=click.Path(path_type=Path),
+              help="the training config YAML that `python -m udon_core.train --config` reads (goes into a ConfigMap)")
+@click.option("--nodes", type=click.IntRange(min=1), help="pods; >1 renders a Kubeflow PyTorchJob [config: nodes]")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), help="GPUs = torchrun processes per pod [config]")
+@click.option("--job-name", help="Job / PyTorchJob name; the same name resumes the same run [config: job_name]")
+@click.option("--out", "out_dir", default="k8s/rendered", show_default=True, type=click.Path(path_type=Path))
+def render_cmd(config_path: Path, overlays: tuple[Path, ...], train_path: Path, nodes: int | None,
+               gpus_per_node: int | None, job_name: str | None, out_dir: Path) -> None:
+    """Render every object of a training run, validate it, and write one YAML file per object."""
+    from pipelines.cluster import load_cluster_config, render_manifests, validate_manifests, write_manifests
+    from pipelines.cluster import default_versions, read_yaml_mapping
+
+    try:
+        cfg = load_cluster_config(config_path, *overlays)
+        train_config = read_yaml_mapping(train_path, "training config")
+        manifests = render_manifests(cfg, train_config, nodes=nodes, gpus_per_node=gpus_per_node,
+                                     job_name=job_name)
+        versions = default_versions()
+        validate_manifests(manifests, versions, gpu_resource=cfg.gpu_resource)
+        paths = write_manifests(manifests, out_dir, source=" + ".join(map(str, [config_path, *overlays])))
+    except USER_ERRORS as err:
+        _fail(err)
+    workload = manifests[max(manifests)]
+    click.echo(f"{workload['kind']} {workload['metadata']['name']} in namespace {cfg.namespace}, "
+               f"valid for Kubernetes {' and '.join(versions)}:")
+    for path in paths:
+        click.echo(f"  {path}")
+    click.echo(f"apply with: kubectl apply -f {out_dir}")
+
+
+@k8s.command("validate")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--version", "versions", multiple=True,
+              help="Kubernetes version(s) to check against (default: 1.30.0 and the newest kubernetes-validate ships)")
+def validate_cmd(directory: Path, versions: tuple[str, ...]) -> None:
+    """Validate every manifest in DIRECTORY (strict Kubernetes schemas; PyTorchJob field checks)."""
+    from pipelines.cluster import default_versions, read_manifests, validate_manifests
+
+    try:
+        manifests = read_manifests(directory)
+        versions = versions or default_versions()
+        validate_manifests(manifests, versions)
+    except USER_ERRORS as err:
+        _fail(err)
+    click.echo(f"{len(manifests)} manifests in {directory} are valid for Kubernetes {' and '.join(versions)}")
