@@ -21,7 +21,7 @@ from steps import dvc_store
 from steps.data_ingester import DataConfig
 from steps.model_evaluator import EvalConfig
 from steps.model_registrar import RegistryConfig
-from steps.model_trainer import TrainingConfig
+from udon_core.train import TrainingConfig
 
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {
     "data": DataConfig, "training": TrainingConfig, "evaluation": EvalConfig, "registry": RegistryConfig,

@@ -8,7 +8,8 @@ from steps.data_ingester import DataConfig, data_ingester
 from steps.data_validator import data_validator
 from steps.model_evaluator import EvalConfig, model_evaluator
 from steps.model_registrar import RegistryConfig, model_registrar
-from steps.model_trainer import TrainingConfig, model_trainer
+from steps.model_trainer import model_trainer
+from udon_core.train import TrainingConfig
 
 MODEL_NAME = "udon-universal-embedding"
 

@@ -48,12 +48,21 @@ class SeededAugmentDataset(Dataset):
 
 
 class StreamBatches:
-    """Batch sampler: an endless sequence of ``[(index, seed)] * batch`` starting at batch ``start``."""
+    """Batch sampler: an endless sequence of ``[(index, seed)] * batch`` starting at batch ``start``.
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0) -> None:
+    With ``shard = (rank, world_size)`` it yields only that rank's contiguous slice of every global batch,
+    so the ranks of a data-parallel run together see exactly the batches of a single-process run.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
         if n < batch_size:
             raise ValueError(f"a domain has {n} training images, fewer than one batch of {batch_size}")
+        rank, world = shard
+        if not 0 <= rank < world or batch_size % world:
+            raise ValueError(f"cannot take shard {rank} of {world} from batches of {batch_size}")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        per_rank = batch_size // world
+        self._slice = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
@@ -69,7 +78,8 @@ class StreamBatches:
             idx = order[pos * self.batch_size:(pos + 1) * self.batch_size]
             base = batch * self.batch_size
             # Sample seeds: distinct per position in the stream, decorrelated across domains by self.seed.
-            yield [(int(i), (self.seed + base + j) % 2**63) for j, i in enumerate(idx)]
+            keys = [(int(i), (self.seed + base + j) % 2**63) for j, i in enumerate(idx)]
+            yield keys[self._slice]
             batch += 1
 
 
@@ -80,21 +90,25 @@ class DomainStream:
         num_workers: DataLoader worker processes for this domain (each domain has its own pool, started
             on its first batch and kept alive).
         pin_memory: pin host memory for faster copies to a GPU.
+        shard: ``(rank, world_size)``: this process loads only its slice of each global batch of ``batch_size``.
     """
 
     def __init__(self, root: Path, records: Sequence[ImageRecord], transform: Callable, batch_size: int,
-                 seed: int, num_workers: int = 0, position: int = 0, pin_memory: bool = False) -> None:
+                 seed: int, num_workers: int = 0, position: int = 0, pin_memory: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.dataset = SeededAugmentDataset(ImageListDataset(root, records, transform))
         self.batch_size, self.seed, self.num_workers, self.pin_memory = batch_size, seed, num_workers, pin_memory
+        self.shard = shard
         self.position = position
         self._iter: Iterator | None = None
-        StreamBatches(len(self.dataset), batch_size, seed)  # fail now, not at the first draw, on a tiny domain
+        # Fail now, not at the first draw, on a domain smaller than a batch or a batch that does not split.
+        StreamBatches(len(self.dataset), batch_size, seed, shard=shard)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def _loader(self) -> DataLoader:
-        sampler = StreamBatches(len(self.dataset), self.batch_size, self.seed, start=self.position)
+        sampler = StreamBatches(len(self.dataset), self.batch_size, self.seed, start=self.position, shard=self.shard)
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
 

@@ -27,13 +27,23 @@ class UdonTask(nn.Module):
     Args:
         student_head_group: optimiser group of the student projection: 'heads' (UDON) or 'backbone' (the
             UnED baselines, whose ``params_early_train = ['output_projection']`` leaves it with the backbone).
+        student_classifier: 'separate' (one cosine classifier per domain) or 'joint' (the UJC baselines: one
+            classifier over the union of all domains' classes, labels offset by the classes before the domain;
+            built from the per-domain weights side by side, so every domain's rows see every batch).
     """
 
-    def __init__(self, model: UdonModel, loss: LossConfig, student_head_group: Literal["heads", "backbone"] = "heads"):
+    def __init__(self, model: UdonModel, loss: LossConfig, student_head_group: Literal["heads", "backbone"] = "heads",
+                 student_classifier: Literal["separate", "joint"] = "separate"):
         super().__init__()
         self.model = model
         self.loss = loss
         self.student_head_group = student_head_group
+        self.student_classifier = student_classifier
+        if student_classifier == "joint" and self.uses_teachers:
+            raise ValueError("a joint student classifier is a UnED baseline: it has no teachers to distil from "
+                             "(set the teacher_ce, kl and relational weights to 0, or use 'separate')")
+        sizes = [model.student_classifiers[d].weight.shape[0] for d in model.domains]
+        self._offsets = dict(zip(model.domains, [sum(sizes[:i]) for i in range(len(sizes))], strict=True))
 
     @property
     def domains(self) -> list[str]:
@@ -63,8 +73,18 @@ class UdonTask(nn.Module):
         Teacher heads that never run (student-only objective) are left out: they are not trained at all.
         """
         m = self.model
-        kinds = [m.student_classifiers] + ([m.teachers, m.teacher_classifiers] if self.uses_teachers else [])
+        kinds = [m.student_classifiers] if self.student_classifier == "separate" else []
+        kinds += [m.teachers, m.teacher_classifiers] if self.uses_teachers else []
         return [p for d in self.domains if d != domain for kind in kinds for p in kind[d].parameters()]
+
+    def _student_logits(self, student: torch.Tensor, labels: torch.Tensor,
+                        domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student cosines ``[B, C]`` and their targets: the domain's classes, or all domains' (joint)."""
+        classifiers = self.model.student_classifiers
+        if self.student_classifier == "separate":
+            return classifiers[domain](student), labels
+        cos = torch.cat([classifiers[d](student) for d in self.domains], dim=1)
+        return cos, labels + self._offsets[domain]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, domain: str) -> dict[str, torch.Tensor]:
         """Losses of one batch ``images [B, 3, S, S]``, ``labels [B]`` (class ids of ``domain``).
@@ -78,9 +98,9 @@ class UdonTask(nn.Module):
         feats = m.features(images)
         with torch.autocast(images.device.type, enabled=False):
             student = m.student(feats)
-            s_cos = m.student_classifiers[domain](student)
-            terms = {"student_ce": classification_loss(s_cos, labels, cfg)}
-            out = {"prec1/student": precision_at_1(s_cos.detach(), labels)}
+            s_cos, s_labels = self._student_logits(student, labels, domain)
+            terms = {"student_ce": classification_loss(s_cos, s_labels, cfg)}
+            out = {"prec1/student": precision_at_1(s_cos.detach(), s_labels)}
             if self.uses_teachers:
                 teacher = m.teachers[domain](feats)
                 t_cos = m.teacher_classifiers[domain](teacher)

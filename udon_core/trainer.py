@@ -12,6 +12,7 @@ returns.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from udon_core.benchmark import BenchmarkSpec
 from udon_core.device import resolve_device
+from udon_core.distributed import DistContext, broadcast_from_main, init_distributed, mean_over_ranks, shard_size
 from udon_core.domain_loader import DomainStream, stream_seed
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
@@ -35,22 +37,26 @@ from udon_core.task import UdonTask
 from udon_core.transforms import train_transform
 from udon_core.uned import records_of
 
+log = logging.getLogger(__name__)
 MetricsCallback = Callable[[dict[str, float], int], None]
 Validator = Callable[[EmbeddingModel], float]
-Method = Literal["udon", "uscrr", "uscds"]
+Method = Literal["udon", "uscrr", "uscds", "ujcrr", "ujcds", "specialist"]
 
 # What each method changes from the UDON defaults (research/udon.md section 4, "Differences from the UnED
 # baseline configs"): the UnED baselines train one 64-d projection with NormFace CE only, for 7 epochs
 # (7 x 22,118 steps), with the projection in the backbone's optimiser group (params_early_train =
 # ['output_projection']), and sample domains round robin (RR) or by dataset size (DS). Explicit settings
-# override a preset. The joint-classifier baselines (UJCRR, UJCDS) need a joint classifier: not yet.
+# override a preset. UJC* use one joint classifier over all domains' classes (label offsets). A specialist is
+# the baseline recipe on one domain (``domains: [name]``; one run per domain), the "Specialist+Oracle" reference.
 _NO_TEACHERS = {"teacher_ce_weight": 0.0, "kl_weight": 0.0, "relational_weight": 0.0}
+_UNED_BASELINE = {"steps": 154_826, "student_head_group": "backbone", "loss": _NO_TEACHERS}
 PRESETS: dict[str, dict[str, Any]] = {
     "udon": {},
-    "uscrr": {"steps": 154_826, "student_head_group": "backbone", "loss": _NO_TEACHERS,
-              "sampler": {"strategy": "round_robin"}},
-    "uscds": {"steps": 154_826, "student_head_group": "backbone", "loss": _NO_TEACHERS,
-              "sampler": {"strategy": "dataset_size"}},
+    "uscrr": {**_UNED_BASELINE, "sampler": {"strategy": "round_robin"}},
+    "uscds": {**_UNED_BASELINE, "sampler": {"strategy": "dataset_size"}},
+    "ujcrr": {**_UNED_BASELINE, "student_classifier": "joint", "sampler": {"strategy": "round_robin"}},
+    "ujcds": {**_UNED_BASELINE, "student_classifier": "joint", "sampler": {"strategy": "dataset_size"}},
+    "specialist": {**_UNED_BASELINE, "sampler": {"strategy": "round_robin"}},
 }
 CHECKPOINT_FILE = "last.pt"
 CHECKPOINT_FORMAT = "udon-train-checkpoint/1"
@@ -79,6 +85,12 @@ class TrainConfig(BaseModel):
     student_head_group: Literal["heads", "backbone"] = Field(
         default="heads", description="optimiser group of the 64-d projection (UDON: heads; UnED baselines: backbone)"
     )
+    student_classifier: Literal["separate", "joint"] = Field(
+        default="separate", description="per-domain cosine classifiers, or one joint classifier (UJC baselines)"
+    )
+    domains: tuple[str, ...] | None = Field(
+        default=None, description="train on these domains only (None: all); a specialist names exactly one"
+    )
     zero_grad_inactive_heads: bool = Field(
         default=True, description="match optax: other domains' heads get zero grads, so Adam still moves them"
     )
@@ -91,6 +103,8 @@ class TrainConfig(BaseModel):
     log_every: int = Field(default=50, ge=1, description="steps between metric callbacks")
     checkpoint_every: int = Field(default=1000, ge=1, description="steps between checkpoints (and at the end)")
     deterministic: bool = Field(default=False, description="deterministic kernels (exact resume on GPU too)")
+    compile: bool = Field(default=False, description="torch.compile the backbone (in place: checkpoints unchanged)")
+    compile_backend: str = Field(default="inductor", description="torch.compile backend ('inductor' on GPUs)")
     freeze_norm_stats: bool = Field(
         default=True,
         description="keep BatchNorm running statistics fixed (CNN backbones): every batch is single-domain, so "
@@ -112,6 +126,13 @@ class TrainConfig(BaseModel):
             elif key not in merged:
                 merged[key] = value
         return merged
+
+    @model_validator(mode="after")
+    def _specialist_has_one_domain(self) -> "TrainConfig":
+        if self.method == "specialist" and (self.domains is None or len(self.domains) != 1):
+            raise ValueError("method 'specialist' trains one model per domain: set domains to exactly one "
+                             "domain, e.g. domains: [inshop], and run once per domain")
+        return self
 
 
 @dataclass
@@ -178,6 +199,8 @@ class _Loop:
     sampler: DomainSampler
     streams: list[DomainStream]
     device: torch.device
+    forward: Callable[..., dict[str, torch.Tensor]]  # the task, or its DDP wrapper (which syncs gradients)
+    dist: DistContext = field(default_factory=DistContext)
     step: int = 0
     domain_steps: list[int] = field(default_factory=list)
     best_score: float | None = None
@@ -205,17 +228,49 @@ class _Loop:
         _set_rng_state(state["rng"], self.device)
 
 
+def per_rank_loss(loss: LossConfig, ctx: DistContext) -> LossConfig:
+    """The loss each rank computes on its slice of the batch.
+
+    why: the official relational loss is per device (4 devices x 32 images, emulated as 4 chunks in one
+    process). With W ranks each holds B / W images, so it takes chunks / W of them: the gradient average
+    over ranks then equals the single-process 'chunks' loss. 'full' stays per rank (no cross-rank pairs).
+    """
+    if not ctx.enabled or loss.relational != "chunks":
+        return loss
+    if loss.relational_chunks % ctx.world_size:
+        raise ValueError(f"relational_chunks={loss.relational_chunks} does not split over {ctx.world_size} "
+                         "processes: use a divisor of it, or relational='full' (per-rank pairs)")
+    return loss.model_copy(update={"relational_chunks": loss.relational_chunks // ctx.world_size})
+
+
+def _wrap(task: UdonTask, device: torch.device, ctx: DistContext) -> Callable[..., dict[str, torch.Tensor]]:
+    if not ctx.enabled:
+        return task
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: only the drawn domain's heads run, the same ones on every rank.
+    return DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
 def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
-                device: torch.device) -> _Loop:
-    task = UdonTask(model, cfg.loss, student_head_group=cfg.student_head_group)
+                device: torch.device, ctx: DistContext = DistContext()) -> _Loop:
+    shard_size(cfg.batch_size, ctx)  # a clear error before any worker starts
+    task = UdonTask(model, per_rank_loss(cfg.loss, ctx), student_head_group=cfg.student_head_group,
+                    student_classifier=cfg.student_classifier)
+    if cfg.compile:
+        model.backbone.compile(backend=cfg.compile_backend)  # in place: parameter names are unchanged
     transform = train_transform(model.config.preprocess)
     streams = [
         DomainStream(root, records_of(manifest, name, spec.domain(name).train), transform, cfg.batch_size,
-                     seed=stream_seed(cfg.seed, i), num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                     seed=stream_seed(cfg.seed, i), num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                     shard=(ctx.rank, ctx.world_size))
         for i, name in enumerate(model.domains)
     ]
+    # Every rank builds the same schedule from the same seed: all draw the same domain at each step.
     sampler = DomainSampler([len(s) for s in streams], cfg.sampler, total_steps=cfg.steps, seed=cfg.seed)
-    return _Loop(task, build_optimizer(task, cfg), sampler, streams, device, domain_steps=[0] * len(streams))
+    return _Loop(task, build_optimizer(task, cfg), sampler, streams, device, _wrap(task, device, ctx), ctx,
+                 domain_steps=[0] * len(streams))
 
 
 def train_step(loop: _Loop, cfg: TrainConfig) -> dict[str, torch.Tensor | float]:
@@ -227,7 +282,7 @@ def train_step(loop: _Loop, cfg: TrainConfig) -> dict[str, torch.Tensor | float]
     images, labels = (t.to(loop.device, non_blocking=True) for t in loop.streams[d].next())
     amp = cfg.amp and loop.device.type == "cuda"
     with torch.autocast(loop.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = loop.task(images, labels, domain)
+        out = loop.forward(images, labels, domain)
     # Idle heads keep zeroed gradient buffers (allocated once) so AdamW steps them as optax does.
     loop.optimizer.zero_grad(set_to_none=not cfg.zero_grad_inactive_heads)
     out["loss"].backward()
@@ -243,8 +298,10 @@ def train_step(loop: _Loop, cfg: TrainConfig) -> dict[str, torch.Tensor | float]
         signal = out.get(cfg.sampler.signal)
         if signal is None:
             raise KeyError(f"the dynamic sampler needs '{cfg.sampler.signal}', the task returns {sorted(out)}")
-        # why: the official signal is the loss summed over examples, divided by the examples in the window.
-        loop.sampler.record(d, float(signal) * labels.shape[0], labels.shape[0], loop.step)
+        # why: the official signal is the loss summed over examples, divided by the examples in the window;
+        # averaged over ranks (equal slices) so every rank's sampler stays identical.
+        batch = labels.shape[0] * loop.dist.world_size
+        loop.sampler.record(d, float(mean_over_ranks(signal, loop.dist)) * batch, batch, loop.step)
     loop.domain_steps[d] += 1
     loop.step += 1
     metrics: dict[str, torch.Tensor | float] = {("loss/total" if k == "loss" else k): v.detach()
@@ -276,11 +333,14 @@ def set_train_mode(model: UdonModel, freeze_norm_stats: bool) -> None:
 def _maybe_validate(loop: _Loop, validate: Validator | None, every: int | None, final: bool) -> float | None:
     if validate is None or not (final or (every and loop.step % every == 0)):
         return None
-    score = float(validate(loop.task.model.embedding_model()))
+    # Rank 0 validates (one kNN evaluation, not one per GPU); the others wait for its score.
+    score = float(validate(loop.task.model.embedding_model())) if loop.dist.is_main else None
+    score = broadcast_from_main(score, loop.dist)
     if loop.best_score is None or score > loop.best_score:
         # why: the official run keeps only the best checkpoint by mean merged val R@1 and tests that one.
         loop.best_score, loop.best_step = score, loop.step
-        loop.best_state = _cpu_copy(loop.task.model.state_dict())
+        if loop.dist.is_main:  # only rank 0 checkpoints and exports
+            loop.best_state = _cpu_copy(loop.task.model.state_dict())
     return score
 
 
@@ -314,21 +374,32 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
         validate: scores a copy of the deployable model (higher is better); run every ``validate_every``
             steps and at the end. The best state is kept and returned, as the official best checkpoint.
         checkpoint_dir: where ``last.pt`` is written atomically; a later call resumes from it.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) this joins the process group (NCCL on CUDA, gloo on CPU) and trains
+    data-parallel: each rank loads its slice of every global batch of ``cfg.batch_size``, gradients are
+    averaged, and only rank 0 validates, logs, shows progress and writes checkpoints. Rank 0's result
+    holds the best state; the other ranks return their last one.
     """
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     device = resolve_device(cfg.device)
-    loop = _build_loop(model.to(device), Path(root), manifest, spec, cfg, device)
+    ctx = init_distributed(device)
+    device = ctx.device(device)
+    loop = _build_loop(model.to(device), Path(root), manifest, spec, cfg, device, ctx)
     last = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
     if last is not None and last.is_file():
         # weights_only=False: the checkpoint holds python/numpy RNG states. Tensors load to the CPU first;
         # load_state_dict copies them onto the model's and optimiser's devices.
         loop.load_state_dict(torch.load(last, map_location="cpu", weights_only=False))
+        if ctx.is_main:
+            log.info("resumed from %s at step %d of %d", last, loop.step, cfg.steps)
     set_train_mode(model, cfg.freeze_norm_stats)
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
-    bar = tqdm(total=cfg.steps, initial=loop.step, desc="train", disable=not progress, dynamic_ncols=True)
+    callback = callback if ctx.is_main else None
+    bar = tqdm(total=cfg.steps, initial=loop.step, desc="train", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
     with _determinism(cfg.deterministic), bar:
         while loop.step < cfg.steps:
             raw = train_step(loop, cfg)
@@ -342,7 +413,8 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", domain=loop.task.domains[int(metrics['domain'])])
                 if callback is not None:
                     callback(metrics, loop.step)
-            if last is not None and (loop.step % cfg.checkpoint_every == 0 or loop.step == cfg.steps):
+            due = loop.step % cfg.checkpoint_every == 0 or loop.step == cfg.steps
+            if last is not None and ctx.is_main and due:
                 save_checkpoint(last, loop.state_dict())
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)

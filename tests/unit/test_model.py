@@ -100,6 +100,24 @@ def test_student_only_objective_runs_no_teacher_and_is_the_student_ce(model):
     assert {id(p) for p in task.inactive_head_parameters("colors")} == {id(model.student_classifiers["shapes"].weight)}
 
 
+def test_joint_classifier_scores_all_domains_classes_with_offset_labels(model):
+    cfg = LossConfig(teacher_ce_weight=0, kl_weight=0, relational_weight=0)
+    task = UdonTask(model, cfg, student_head_group="backbone", student_classifier="joint")
+    x = images()
+    out = task(x, LABELS, "colors")
+    # by hand: cosines to the 3 'shapes' then the 5 'colors' class weights; 'colors' label c is joint class 3 + c
+    student = model.student(model.features(x))
+    weights = torch.cat([model.student_classifiers["shapes"].weight, model.student_classifiers["colors"].weight])
+    cos = student @ torch.nn.functional.normalize(weights, dim=1).T
+    expected = torch.nn.functional.cross_entropy(16.0 * cos, LABELS + 3)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    out["loss"].backward()  # every domain's rows are in the softmax: all of them learn from every batch
+    assert model.student_classifiers["shapes"].weight.grad.abs().sum() > 0
+    assert task.inactive_head_parameters("colors") == []
+    with pytest.raises(ValueError, match="no teachers"):
+        UdonTask(model, LossConfig(), student_classifier="joint")
+
+
 def test_udon_param_groups_split_heads_from_backbone(model):
     groups = UdonTask(model, LossConfig()).param_groups()
     assert len(groups["heads"]) + len(groups["backbone"]) == len(list(model.parameters()))

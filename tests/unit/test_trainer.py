@@ -10,8 +10,11 @@ import torch
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
 from udon_core.domain_loader import DomainStream
 from udon_core.model import UdonModel
+from udon_core.task import UdonTask
+from udon_core.train import TrainingConfig, build_model, run_training
 from udon_core.sampler import SamplerConfig
-from udon_core.trainer import TrainConfig, _build_loop, learning_rates, train, train_step
+from udon_core.distributed import DistContext
+from udon_core.trainer import TrainConfig, _build_loop, learning_rates, per_rank_loss, train, train_step
 from udon_core.transforms import train_transform
 from udon_core.uned import num_train_classes, read_manifest, records_of
 
@@ -59,6 +62,31 @@ def test_method_presets_fill_only_what_is_not_given():
     assert (uscds.loss.scale, uscds.loss.kl_weight) == (32.0, 0.0)
     assert TrainConfig.model_validate(uscds.model_dump(mode="json")) == uscds
     assert TrainConfig().loss.weights()["kl"] == 1.0 and TrainConfig().sampler.strategy == "dynamic"
+
+
+def test_joint_and_specialist_presets():
+    ujcds = TrainConfig(method="ujcds")
+    assert (ujcds.student_classifier, ujcds.sampler.strategy, ujcds.steps) == ("joint", "dataset_size", 154_826)
+    assert TrainConfig(method="ujcrr").sampler.strategy == "round_robin"
+    assert TrainConfig(method="specialist", domains=["inshop"]).loss.kl_weight == 0.0
+    with pytest.raises(ValueError, match="exactly one"):
+        TrainConfig(method="specialist")
+    with pytest.raises(ValueError, match="no teachers"):  # joint classifier + distillation is refused at build
+        UdonTask(_model({"a": 2, "b": 3}), TrainConfig(student_classifier="joint").loss,
+                 student_classifier="joint")
+
+
+def test_a_specialist_trains_only_its_domain(bench):
+    root, manifest, _ = bench
+    config = TrainingConfig(model=TINY_MODEL, train=TrainConfig(method="specialist", domains=["colors"], steps=2,
+                                                                batch_size=4, device="cpu"))
+    model = build_model(config, manifest, SPEC)
+    assert model.domains == ["colors"]
+    result = run_training(model, config, root, manifest, SPEC, checkpoint_dir=None, progress=False)
+    assert result.domain_steps == {"colors": 2}
+    bad = config.model_copy(update={"train": config.train.model_copy(update={"domains": ("paintings",)})})
+    with pytest.raises(ValueError, match=r"\['paintings'\], not domains of benchmark 'tiny'"):
+        build_model(bad, manifest, SPEC)
 
 
 def test_a_baseline_run_never_touches_the_teachers(bench):
@@ -179,6 +207,44 @@ def test_domain_stream_restarts_at_any_batch(bench):
         assert torch.equal(again[0], images) and torch.equal(again[1], labels)
     epoch0 = torch.cat([labels for _, labels in batches[:4]])
     assert sorted(epoch0.tolist()) != epoch0.tolist() or len(set(epoch0.tolist())) == 1  # shuffled
+
+
+def test_ranks_load_disjoint_slices_that_make_up_the_single_process_batch(bench):
+    root, manifest, _ = bench
+    records = records_of(manifest, "colors", "train")
+
+    def stream(shard):
+        return DomainStream(root, records, train_transform(TINY_MODEL.preprocess), batch_size=4, seed=7, shard=shard)
+
+    whole, halves = stream((0, 1)), [stream((0, 2)), stream((1, 2))]
+    for _ in range(5):  # across an epoch boundary
+        images, labels = whole.next()
+        parts = [h.next() for h in halves]
+        assert torch.equal(torch.cat([p[0] for p in parts]), images)
+        assert torch.equal(torch.cat([p[1] for p in parts]), labels)
+    with pytest.raises(ValueError, match="shard 0 of 3"):
+        stream((0, 3))
+
+
+def test_each_rank_computes_its_share_of_the_relational_chunks():
+    loss = CFG.loss
+    assert per_rank_loss(loss, DistContext()) is loss
+    assert per_rank_loss(loss, DistContext(0, 2)).relational_chunks == 2
+    assert per_rank_loss(loss, DistContext(1, 4)).relational_chunks == 1
+    full = loss.model_copy(update={"relational": "full"})
+    assert per_rank_loss(full, DistContext(0, 2)) is full
+    with pytest.raises(ValueError, match="relational_chunks=4 does not split over 3"):
+        per_rank_loss(loss, DistContext(0, 3))
+
+
+def test_a_compiled_backbone_trains_and_checkpoints_under_the_same_names(bench, tmp_path):
+    root, manifest, classes = bench
+    names = set(_model(classes).state_dict())
+    # 'eager' exercises the torch.compile wiring without a C++ toolchain; GPUs use the default 'inductor'.
+    cfg = CFG.model_copy(update={"steps": 2, "compile": True, "compile_backend": "eager"})
+    result = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert math.isfinite(result.last_metrics["loss/total"])
+    assert set(torch.load(tmp_path / "last.pt", weights_only=False)["model"]) == names
 
 
 @pytest.mark.gpu

@@ -1,0 +1,113 @@
+"""Data parallelism under ``torchrun``: which process this is, and the few collectives the trainer needs.
+
+The UDON recipe is data-parallel in one specific way (research/udon.md section 4): every device works on
+the same domain at each step (single-domain batches), each holds a slice of the global batch, gradients are
+averaged, and the relational loss is computed per device. So all ranks share one sampler schedule (same
+seed), each rank loads only its slice of every global batch, and the sampler's loss signal is averaged over
+ranks before it is recorded, so the dynamic probabilities stay identical everywhere.
+
+Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job: global ``rank`` of ``world_size``, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints, logs metrics, validates and exports."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """The CUDA device of this rank (``cuda:<local_rank>``) when ``device`` is CUDA, else ``device``."""
+        if device.type == "cuda" and self.enabled:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from err
+
+
+def init_distributed(device: torch.device, timeout_minutes: int = 60) -> DistContext:
+    """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...).
+
+    NCCL for CUDA, gloo for CPU. Does nothing for a single process or when a group already exists (then
+    its rank and size are used). ``timeout_minutes`` bounds how long ranks wait for rank 0's validation.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistContext()
+    ctx = DistContext(_env_int("RANK", 0), world, _env_int("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        torch.cuda.set_device(ctx.local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(minutes=timeout_minutes)
+    store, _, _ = next(dist.rendezvous("env://", rank=ctx.rank, world_size=world, timeout=timeout))
+    # why: after torchrun restarts the workers (--max-restarts, a rank died) the new group can meet in the
+    # store of the previous attempt, and gloo then dials the dead ranks' stale addresses. One key space
+    # per restart attempt keeps the attempts apart.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"udon/attempt-{attempt}", store), rank=ctx.rank,
+                            world_size=world, timeout=timeout)
+    return ctx
+
+
+def current_context() -> DistContext:
+    """The context of an initialised process group, or a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
+    return DistContext()
+
+
+def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean of a tensor over all ranks (the tensor itself for one process)."""
+    if not ctx.enabled:
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / ctx.world_size
+
+
+def broadcast_from_main(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank (picklable objects; used for the validation score)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard_size(batch_size: int, ctx: DistContext) -> int:
+    """Images per rank of a global batch; the global batch must split evenly over the ranks."""
+    if batch_size % ctx.world_size:
+        raise ValueError(f"batch_size {batch_size} does not split over {ctx.world_size} processes: "
+                         f"use a multiple of {ctx.world_size}")
+    return batch_size // ctx.world_size
