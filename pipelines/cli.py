@@ -61,6 +61,8 @@ def run_cmd(config_path: Path, overrides: tuple[str, ...]) -> None:
         _fail(err)
     reports = {"untrained (step 0)": RetrievalReport.from_dict(outcome.untrained_metrics),
                "trained": RetrievalReport.from_dict(outcome.metrics)}
+    if outcome.oracle_teacher_metrics:
+        reports["oracle teacher"] = RetrievalReport.from_dict(outcome.oracle_teacher_metrics)
     click.echo(f"\nPipeline run {outcome.run_name}: {outcome.status}"
                + (f" (cached steps: {', '.join(outcome.cached_steps)})" if outcome.cached_steps else ""))
     click.echo(f"Data version (DVC md5): {outcome.dataset_md5}\n")
@@ -82,31 +84,64 @@ def _model(uri: str):
 
 
 @cli.command("evaluate")
-@click.option("--model", "model_uri", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS or an exported folder")
+@click.option("--model", "model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS, an exported folder, or "
+              "(for --protocol oracle-teacher) a training-model folder")
+@click.option("--embeddings", "embeddings_in", type=click.Path(path_type=Path),
+              help="score saved embeddings (.npz from --save-embeddings) instead of embedding again")
 @click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(path_type=Path))
 @click.option("--benchmark", default="auto", show_default=True, help="'auto', 'uned', 'demo' or a JSON file")
 @click.option("--split", default="test", show_default=True)
-@click.option("--protocol", default="merged", show_default=True, type=click.Choice(["merged", "separate"]))
+@click.option("--protocol", default="merged", show_default=True,
+              type=click.Choice(["merged", "separate", "oracle-teacher"]))
+@click.option("--save-embeddings", "embeddings_out", type=click.Path(path_type=Path),
+              help="keep the split's embeddings in this .npz to re-score later")
 @click.option("--out", type=click.Path(path_type=Path), help="write the metrics JSON here")
-def evaluate_cmd(model_uri: str, data_dir: Path, benchmark: str, split: str, protocol: str, out: Path | None) -> None:
+def evaluate_cmd(model_uri: str | None, embeddings_in: Path | None, data_dir: Path, benchmark: str, split: str,
+                 protocol: str, embeddings_out: Path | None, out: Path | None) -> None:
     """Score a model on a benchmark folder: per-domain R@1 and mMP@5 (UnED protocol)."""
     import json
 
     from udon_core.benchmark import resolve_benchmark_spec
-    from udon_core.evaluation import evaluate_model
     from udon_core.report import format_table
     from udon_core.uned import read_manifest
 
     try:
-        model = _model(model_uri)
+        if (model_uri is None) == (embeddings_in is None):
+            raise click.UsageError("give exactly one of --model and --embeddings")
         spec = resolve_benchmark_spec(benchmark, data_dir)
-        report = evaluate_model(model, data_dir, read_manifest(data_dir, spec), spec, split=split, protocol=protocol)
+        report, embeddings = _score(model_uri, embeddings_in, data_dir, read_manifest(data_dir, spec), spec, split,
+                                    protocol)
+        if embeddings_out and embeddings is not None:
+            embeddings.save(embeddings_out)
     except USER_ERRORS as err:
         _fail(err)
     click.echo(format_table(report))
+    if embeddings_out:
+        click.echo(f"embeddings written to {embeddings_out}")
     if out:
         out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
         click.echo(f"metrics written to {out}")
+
+
+def _score(model_uri, embeddings_in, data_dir, manifest, spec, split, protocol):
+    """(report, the embeddings it scored or None for oracle teachers) of a model or of saved embeddings."""
+    from udon_core.embedding import EmbeddingSet
+    from udon_core.evaluation import embed_split, evaluate_oracle_teachers
+    from udon_core.model import UdonModel
+    from udon_core.retrieval import evaluate_embeddings
+
+    if protocol == "oracle-teacher":
+        if model_uri is None or model_uri.startswith("models:/"):
+            raise ValueError("--protocol oracle-teacher needs a training-model folder (every teacher head), "
+                             "e.g. <checkpoint dir>/training_model from python -m udon_core.train")
+        return evaluate_oracle_teachers(UdonModel.load(model_uri), data_dir, manifest, spec, split=split), None
+    if embeddings_in is not None:
+        embeddings = EmbeddingSet.load(embeddings_in)
+        if embeddings.split != split:
+            raise ValueError(f"{embeddings_in} holds the '{embeddings.split}' split, not '{split}' (--split)")
+    else:
+        embeddings = embed_split(_model(model_uri), data_dir, manifest, spec, split, source=model_uri)
+    return evaluate_embeddings(embeddings.vectors, manifest, spec, split=split, protocol=protocol), embeddings
 
 
 @cli.command("embed")

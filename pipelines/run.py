@@ -62,6 +62,7 @@ class RunOutcome:
     cached_steps: list[str]
     metrics: dict[str, Any]
     untrained_metrics: dict[str, Any]
+    oracle_teacher_metrics: dict[str, Any]
     registration: dict[str, Any]
     dataset_md5: str
 
@@ -178,6 +179,7 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
         cached_steps=sorted(n for n, s in run.steps.items() if str(s.status).endswith("cached")),
         metrics=_output(run, "model_evaluator", "retrieval_metrics"),
         untrained_metrics=_output(run, "model_evaluator", "untrained_metrics"),
+        oracle_teacher_metrics=_output(run, "model_evaluator", "oracle_teacher_metrics"),
         registration=_output(run, "model_registrar", "registration"),
         dataset_md5=_output(run, "data_ingester", "dataset").dvc_md5,
     )

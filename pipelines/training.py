@@ -30,8 +30,11 @@ def training_pipeline(
     """Train and register a universal embedding on a DVC-versioned, validated benchmark."""
     manifest, dataset = data_ingester(config=data)
     validation, _ = data_validator(manifest=manifest, dataset=dataset)
-    model, untrained, _ = model_trainer(manifest=manifest, dataset=dataset, validation=validation, config=training)
-    metrics, _, _, _ = model_evaluator(
-        manifest=manifest, dataset=dataset, model=model, untrained=untrained, config=evaluation
+    model, untrained, training_model, _ = model_trainer(
+        manifest=manifest, dataset=dataset, validation=validation, config=training
+    )
+    metrics, *_ = model_evaluator(
+        manifest=manifest, dataset=dataset, model=model, untrained=untrained, training_model=training_model,
+        config=evaluation,
     )
     model_registrar(model=model, metrics=metrics, dataset=dataset, config=registry)

@@ -1,4 +1,5 @@
-"""Evaluate step: per-domain R@1 and mMP@5 (UnED protocol, exact faiss kNN) for the model and its step-0 self."""
+"""Evaluate step: per-domain R@1 and mMP@5 (UnED protocol, exact faiss kNN) of the model, of its step-0 self,
+and of its teacher heads (oracle teacher); the embeddings are kept so the split can be re-scored."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from zenml import log_metadata, step
 from zenml.types import MarkdownString
 
 from steps.data_ingester import DatasetVersion
-from udon_core.evaluation import evaluate_model
-from udon_core.model import EmbeddingModel
-from udon_core.report import format_comparison, plot_report
+from steps.materializers import EmbeddingSetMaterializer
+from udon_core.embedding import EmbeddingSet
+from udon_core.evaluation import embed_split, evaluate_model, evaluate_oracle_teachers
+from udon_core.model import EmbeddingModel, UdonModel
+from udon_core.report import format_markdown, plot_report
+from udon_core.retrieval import evaluate_embeddings
 
 
 class EvalConfig(BaseModel):
@@ -25,27 +29,42 @@ class EvalConfig(BaseModel):
 
     split: str = "test"
     protocol: Literal["merged", "separate"] = Field(default="merged", description="merged = the UnED standard")
+    oracle_teacher: bool = Field(
+        default=True, description="also score each domain's teacher head on its own domain (an upper reference)"
+    )
     batch_size: int = 128
     device: str = "auto"
 
 
-@step
+@step(output_materializers={"test_embeddings": EmbeddingSetMaterializer})
 def model_evaluator(
-    manifest: pd.DataFrame, dataset: DatasetVersion, model: EmbeddingModel, untrained: EmbeddingModel, config: EvalConfig
+    manifest: pd.DataFrame, dataset: DatasetVersion, model: EmbeddingModel, untrained: EmbeddingModel,
+    training_model: UdonModel, config: EvalConfig,
 ) -> tuple[
     Annotated[dict[str, Any], "retrieval_metrics"],
     Annotated[dict[str, Any], "untrained_metrics"],
+    Annotated[dict[str, Any], "oracle_teacher_metrics"],
+    Annotated[EmbeddingSet, "test_embeddings"],
     Annotated[MarkdownString, "metrics_table"],
     Annotated[Image.Image, "metrics_chart"],
 ]:
-    """Score both models on the same split and protocol; the table and chart show them side by side."""
-    kw = dict(split=config.split, protocol=config.protocol, batch_size=config.batch_size, device=config.device)
-    trained = evaluate_model(model, Path(dataset.root), manifest, dataset.benchmark, **kw)
-    baseline = evaluate_model(untrained, Path(dataset.root), manifest, dataset.benchmark, **kw)
+    """Score the models on the same split; the table and chart show them side by side.
+
+    ``oracle_teacher_metrics`` is empty when ``config.oracle_teacher`` is off.
+    """
+    root, spec = Path(dataset.root), dataset.benchmark
+    kw = dict(split=config.split, batch_size=config.batch_size, device=config.device)
+    embeddings = embed_split(model, root, manifest, spec, source="student (deployable model)", **kw)
+    trained = evaluate_embeddings(embeddings.vectors, manifest, spec, split=config.split, protocol=config.protocol)
+    baseline = evaluate_model(untrained, root, manifest, spec, protocol=config.protocol, **kw)
     reports = {"untrained (step 0)": baseline, "trained": trained}
+    if config.oracle_teacher:
+        reports["oracle teacher"] = evaluate_oracle_teachers(training_model, root, manifest, spec, **kw)
     with tempfile.TemporaryDirectory() as tmp:
         chart = Image.open(plot_report(reports, Path(tmp) / "metrics.png"))
         chart.load()
     log_metadata(metadata={"mean_mmp_at_5": trained.mean_mmp_at_5, "mean_r_at_1": trained.mean_r_at_1,
                            "untrained_mean_mmp_at_5": baseline.mean_mmp_at_5}, infer_model=True)
-    return trained.to_dict(), baseline.to_dict(), MarkdownString(format_comparison(reports)), chart
+    oracle = reports["oracle teacher"].to_dict() if config.oracle_teacher else {}
+    return (trained.to_dict(), baseline.to_dict(), oracle, embeddings, MarkdownString(format_markdown(reports)),
+            chart)

@@ -12,19 +12,23 @@ from zenml.enums import ArtifactType
 from steps.data_ingester import DatasetVersion
 from steps.expectations import ValidationReport
 from steps.tracking import active_tracker_logger, flatten
-from udon_core.model import EmbeddingModel
+from steps.materializers import ModelFolderMaterializer
+from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.train import TrainingConfig, build_model, run_training
 
 
-@step
+@step(output_materializers={"embedding_model": ModelFolderMaterializer, "untrained_model": ModelFolderMaterializer,
+                             "training_model": ModelFolderMaterializer})
 def model_trainer(
     manifest: pd.DataFrame, dataset: DatasetVersion, validation: ValidationReport, config: TrainingConfig
 ) -> tuple[
     Annotated[EmbeddingModel, ArtifactConfig(name="embedding_model", artifact_type=ArtifactType.MODEL)],
     Annotated[EmbeddingModel, "untrained_model"],
+    Annotated[UdonModel, "training_model"],
     Annotated[dict[str, Any], "train_summary"],
 ]:
-    """Train UDON; return the deployable model, the same model at step 0 (the baseline), and a summary."""
+    """Train UDON; return the deployable model, the same model at step 0 (the baseline), the whole trained
+    model with its teacher heads (for the oracle-teacher evaluation), and a summary."""
     model = build_model(config, manifest, dataset.benchmark)
     untrained = model.embedding_model()
     log = active_tracker_logger(params={"data.dvc_md5": dataset.dvc_md5, **flatten(config.model_dump(mode="json"))})
@@ -35,4 +39,4 @@ def model_trainer(
     summary = result.summary()
     log_metadata(metadata={"train": summary, "validation_passed": validation.success}, infer_model=True)
     log_metadata(metadata={"train": summary})
-    return result.model.embedding_model(), untrained, summary
+    return result.model.embedding_model(), untrained, result.model, summary

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,9 @@ from udon_core.benchmark import BenchmarkSpec
 from udon_core.data import ImageListDataset
 from udon_core.transforms import Preprocess, eval_transform
 from udon_core.uned import ImageRecord, records_of
+
+EMBEDDINGS_FORMAT = "udon-embeddings/1"
+_META_KEY = "__udon_meta__"
 
 
 @torch.inference_mode()
@@ -80,15 +86,50 @@ def embed_benchmark(
     ``embed_records`` (batch_size, device, num_workers, progress).
     """
     pairs = list(dict.fromkeys(p for split in splits for p in eval_files(spec, split)))
-    out, models = {}, {}
+    out: dict[str, np.ndarray] = {}
+    current: tuple[str | None, nn.Module | None] = (None, None)
     for domain, stem in pairs:
-        if domain not in models:
-            models[domain] = model_for if isinstance(model_for, nn.Module) else model_for(domain)
-        model = models[domain]
+        if current[0] != domain:  # one domain's model at a time (a teacher model holds a backbone copy)
+            current = (domain, model_for if isinstance(model_for, nn.Module) else model_for(domain))
+        model = current[1]
         prep = preprocess or _model_preprocess(model)
         out[f"{domain}/{stem}"] = embed_records(model, root, records_of(manifest, domain, stem), prep,
                                                 desc=f"embed {domain}/{stem}", **kw)
     return out
+
+
+@dataclass
+class EmbeddingSet:
+    """The embeddings of a split's eval files, kept so a split can be re-scored without re-embedding.
+
+    ``vectors["<domain>/<stem>"]`` is ``[n, d]`` float32 in info-file order (as ``embed_benchmark`` returns);
+    ``source`` says what produced them (e.g. the model and, for oracle teachers, "teacher heads").
+    """
+
+    split: str
+    vectors: dict[str, np.ndarray]
+    source: str = ""
+
+    def save(self, path: str | Path) -> Path:
+        """One ``.npz`` file: the arrays under their keys, plus the split and source."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps({"format": EMBEDDINGS_FORMAT, "split": self.split, "source": self.source})
+        with path.open("wb") as f:  # why: a file object keeps numpy from appending a second .npz suffix
+            np.savez(f, **{_META_KEY: np.array(meta)}, **self.vectors)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EmbeddingSet":
+        """Read a file written by ``save``; a ValueError names a file that is not one."""
+        if not zipfile.is_zipfile(path):  # np.load would read anything else as .npy or pickle
+            raise ValueError(f"{path}: cannot read embeddings: not an .npz archive")
+        with np.load(Path(path), allow_pickle=False) as z:
+            meta = json.loads(str(z[_META_KEY])) if _META_KEY in z.files else {}
+            if meta.get("format") != EMBEDDINGS_FORMAT:
+                raise ValueError(f"{path}: not a udon embeddings file (format {meta.get('format')!r})")
+            vectors = {k: z[k].astype(np.float32, copy=False) for k in z.files if k != _META_KEY}
+        return cls(meta["split"], vectors, meta.get("source", ""))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

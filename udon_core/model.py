@@ -22,6 +22,7 @@ from udon_core.backbone import BackboneConfig, create_backbone
 from udon_core.transforms import Preprocess
 
 EXPORT_FORMAT = "udon-embedding/1"
+TRAINING_FORMAT = "udon-training-model/1"  # every head: what the oracle-teacher evaluation needs
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
 
@@ -35,6 +36,38 @@ class ModelConfig(BaseModel):
     student_dim: int = Field(default=64, ge=1, description="universal embedding size (UDON and UnED: 64)")
     teacher_dim: int = Field(default=256, ge=1, description="per-domain teacher embedding size (UDON: 256)")
     preprocess: Preprocess = Field(default_factory=Preprocess)
+
+
+def _write_folder(module: nn.Module, directory: str | Path, sidecar: dict) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def _read_sidecar(directory: str | Path, expected: str) -> dict:
+    path = Path(directory)
+    if not (path / SIDECAR_FILE).is_file():
+        raise ValueError(f"{path}: not a saved udon model (no {SIDECAR_FILE})")
+    sidecar = json.loads((path / SIDECAR_FILE).read_text())
+    if sidecar.get("format") != expected:
+        raise ValueError(f"{path / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}, expected {expected}")
+    return sidecar
+
+
+def _load_weights(module: nn.Module, directory: str | Path) -> None:
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)), strict=True)
+
+
+def _without_download(cfg: ModelConfig) -> ModelConfig:
+    """The same architecture with no pretrained weights to fetch: saved weights replace them anyway."""
+    return cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"pretrained": None})})
 
 
 def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
@@ -105,6 +138,26 @@ class UdonModel(nn.Module):
         cfg = self.config.model_copy(update={"student_dim": self.config.teacher_dim})
         return EmbeddingModel(cfg, copy.deepcopy(self.backbone), copy.deepcopy(self.teachers[domain])).eval()
 
+    @property
+    def classes(self) -> dict[str, int]:
+        """Training classes per domain, in head order."""
+        return {d: self.student_classifiers[d].weight.shape[0] for d in self.domains}
+
+    def save(self, directory: str | Path) -> Path:
+        """Every head and classifier (``model.safetensors``) + config and classes (``model.json``)."""
+        sidecar = {"format": TRAINING_FORMAT, "config": self.config.model_dump(mode="json"), "classes": self.classes}
+        return _write_folder(self, directory, sidecar)
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> "UdonModel":
+        """Rebuild from the sidecar (no weights download) and load the weights strictly."""
+        sidecar = _read_sidecar(directory, TRAINING_FORMAT)
+        config = ModelConfig.model_validate(sidecar["config"])
+        model = cls(_without_download(config), {d: int(n) for d, n in sidecar["classes"].items()})
+        model.config = config
+        _load_weights(model, directory)
+        return model.to(map_location).eval()
+
 
 class EmbeddingModel(nn.Module):
     """The deployable model: images ``[B, 3, S, S]`` -> universal embeddings ``[B, 64]``, unit norm."""
@@ -125,28 +178,11 @@ class EmbeddingModel(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` + ``model.json`` (the config that rebuilds it) into ``directory``."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_FILE))
-        sidecar = {"format": EXPORT_FORMAT, "config": self.config.model_dump(mode="json")}
-        (out / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
-        return out
+        return _write_folder(self, directory, {"format": EXPORT_FORMAT, "config": self.config.model_dump(mode="json")})
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "EmbeddingModel":
         """Rebuild from the sidecar (no weights download) and load the weights strictly."""
-        from safetensors.torch import load_file
-
-        path = Path(directory)
-        if not (path / SIDECAR_FILE).is_file():
-            raise ValueError(f"{path}: not an exported udon model (no {SIDECAR_FILE})")
-        sidecar = json.loads((path / SIDECAR_FILE).read_text())
-        if sidecar.get("format") != EXPORT_FORMAT:
-            found = sidecar.get("format")
-            raise ValueError(f"{path / SIDECAR_FILE}: unknown format {found!r}, expected {EXPORT_FORMAT}")
-        model = cls(ModelConfig.model_validate(sidecar["config"]))
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+        model = cls(ModelConfig.model_validate(_read_sidecar(directory, EXPORT_FORMAT)["config"]))
+        _load_weights(model, directory)
         return model.to(map_location).eval()

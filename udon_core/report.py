@@ -45,7 +45,9 @@ def _rows(reports: dict[str, RetrievalReport]) -> tuple[list[str], list[list[str
 
 def _title(report: RetrievalReport) -> str:
     how = ", throw_first" if report.throw_first else ""
-    return f"Retrieval on the {report.split} split, {report.protocol} index (UnED protocol{how})"
+    index = "each domain's teacher head on its own index" if report.protocol == "oracle-teacher" else (
+        f"{report.protocol} index")
+    return f"Retrieval on the {report.split} split, {index} (UnED protocol{how})"
 
 
 def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:

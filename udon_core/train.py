@@ -7,8 +7,8 @@ a folder, checkpoints to shared storage and resumes from the last checkpoint whe
     torchrun --nproc-per-node 8 -m udon_core.train --config /etc/udon/train.yaml --resume auto
 
 Rank 0 exports the deployable model (backbone + 64-d student head) to ``<checkpoint dir>/model`` and
-writes ``summary.json`` there; ``udon evaluate --model <that folder>`` scores it and the pipeline can
-register it.
+writes ``summary.json`` there; ``udon evaluate --model <that folder>`` scores it. The whole model, teacher
+heads included, goes to ``<checkpoint dir>/training_model`` (``--protocol oracle-teacher``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from udon_core.trainer import CHECKPOINT_FILE, TrainConfig, TrainResult, train
 from udon_core.uned import num_train_classes, read_manifest
 
 DATA_ENV, CHECKPOINT_ENV = "UDON_DATA_ROOT", "UDON_CHECKPOINT_DIR"
-EXPORT_DIR = "model"
+EXPORT_DIR = "model"  # the deployable model: backbone + student head
+TRAINING_MODEL_DIR = "training_model"  # with every teacher head and classifier (oracle-teacher evaluation)
 
 
 class TrainingConfig(BaseModel):
@@ -176,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_training(model, config, root, manifest, spec, checkpoint_dir=folder, progress=not args.no_progress)
     if current_context().is_main:
         out = result.model.embedding_model().save(folder / EXPORT_DIR)
+        result.model.save(folder / TRAINING_MODEL_DIR)
         (folder / EXPORT_DIR / "summary.json").write_text(json.dumps(result.summary(), indent=2))
         print(f"trained {result.steps} steps; deployable model in {out}")
     if torch.distributed.is_initialized():

@@ -56,6 +56,20 @@ def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
     assert dataset_art.run_metadata["dvc_md5"] == pin.md5
     assert zen_mv.run_metadata["mlflow"]["version"] == reg["version"]
 
+    # The evaluator keeps the test embeddings (re-scoring them gives the same numbers) and scores the
+    # teacher heads, each on its own domain, from the training-model artifact.
+    from udon_core.retrieval import evaluate_embeddings
+
+    evaluator = client.get_pipeline_run(outcome.run_name).steps["model_evaluator"]
+    embeddings = evaluator.outputs["test_embeddings"][0].load()
+    dataset = producer.inputs["dataset"][0].load()
+    manifest = producer.inputs["manifest"][0].load()
+    again = evaluate_embeddings(embeddings.vectors, manifest, dataset.benchmark, split="test", protocol="merged")
+    assert again.to_dict() == outcome.metrics
+    assert outcome.oracle_teacher_metrics["protocol"] == "oracle-teacher"
+    assert set(outcome.oracle_teacher_metrics["per_domain"]) == {"emoji", "glyphs", "animals"}
+    assert set(producer.outputs["training_model"][0].load().domains) == {"emoji", "glyphs", "animals"}
+
 
 def test_second_run_reuses_ingest_and_validation(first_run):
     from pipelines.run import run_training
@@ -110,6 +124,14 @@ def test_cli_evaluates_and_embeds_with_the_registered_model(first_run, tiny_repo
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["mean_mmp_at_5"] == pytest.approx(outcome.metrics["mean_mmp_at_5"], abs=1e-6)
+    result = CliRunner().invoke(cli, ["evaluate", "--model", uri, "--data", str(tiny_repo / "data"), "--protocol",
+                                      "separate", "--save-embeddings", str(tmp_path / "e.npz")])
+    assert result.exit_code == 0, result.output
+    rescored = CliRunner().invoke(cli, ["evaluate", "--embeddings", str(tmp_path / "e.npz"), "--data",
+                                        str(tiny_repo / "data"), "--out", str(tmp_path / "again.json")])
+    assert rescored.exit_code == 0, rescored.output  # merged from the saved embeddings: no model needed
+    assert json.loads((tmp_path / "again.json").read_text())["mean_mmp_at_5"] == pytest.approx(
+        outcome.metrics["mean_mmp_at_5"], abs=1e-6)
 
     folder = tiny_repo / "data" / "images" / "animals"
     result = CliRunner().invoke(cli, ["embed", str(folder), "--model", uri, "--out", str(tmp_path / "e.parquet")])

@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 
 from udon_core.benchmark import BenchmarkSpec, DomainSpec, EvalSet
-from udon_core.embedding import embed_benchmark, embed_records, eval_files
+from udon_core.embedding import EmbeddingSet, embed_benchmark, embed_records, eval_files
 from udon_core.transforms import Preprocess
 from udon_core.uned import ImageRecord, info_file_path, read_manifest, write_info_file
 
@@ -102,3 +102,41 @@ def test_cuda_bf16_embeddings_match_cpu(tiny):
     gpu = embed_records(FakeModel(), tiny, records, PREP, device="cuda", progress=False)
     assert gpu.dtype == np.float32 and np.allclose(np.linalg.norm(gpu, axis=1), 1, atol=1e-5)
     assert np.abs(gpu - cpu).max() < 0.05  # bf16 autocast on CUDA
+
+
+def test_embedding_sets_round_trip_and_bad_files_are_named(tiny, tmp_path):
+    manifest = read_manifest(tiny, SPEC)
+    emb = embed_benchmark(FakeModel(), tiny, manifest, SPEC, preprocess=PREP, progress=False)
+    saved = EmbeddingSet("test", emb, source="fake").save(tmp_path / "out" / "e.npz")
+    assert saved == tmp_path / "out" / "e.npz"
+    again = EmbeddingSet.load(saved)
+    assert (again.split, again.source, set(again.vectors)) == ("test", "fake", set(emb))
+    assert all(np.array_equal(again.vectors[k], v) for k, v in emb.items())
+    (tmp_path / "plain.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="plain.npz: cannot read embeddings"):
+        EmbeddingSet.load(tmp_path / "plain.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="other.npz: not a udon embeddings file"):
+        EmbeddingSet.load(tmp_path / "other.npz")
+
+
+def test_oracle_teachers_score_each_domain_with_its_own_teacher_head(tiny):
+    from tests.unit.tiny_benchmark import TINY_MODEL
+    from udon_core.evaluation import evaluate_oracle_teachers
+    from udon_core.model import UdonModel
+    from udon_core.retrieval import evaluate_embeddings
+
+    manifest = read_manifest(tiny, SPEC)
+    torch.manual_seed(0)
+    model = UdonModel(TINY_MODEL, {"a": 2, "b": 2})
+    report = evaluate_oracle_teachers(model, tiny, manifest, SPEC, progress=False, device="cpu")
+    by_hand = {}
+    for d in ("a", "b"):  # each domain alone, embedded by backbone + its 12-d teacher head
+        teacher = model.teacher_embedding_model(d)
+        one = SPEC.restrict([d])
+        vectors = embed_benchmark(teacher, tiny, manifest, one, progress=False)
+        assert all(v.shape[1] == 12 for v in vectors.values())
+        by_hand[d] = evaluate_embeddings(vectors, manifest, one, protocol="separate").per_domain[d]
+    assert report.protocol == "oracle-teacher" and report.per_domain == by_hand
+    with pytest.raises(ValueError, match=r"no teacher head for domain\(s\) \['b'\]"):
+        evaluate_oracle_teachers(UdonModel(TINY_MODEL, {"a": 2}), tiny, manifest, SPEC, progress=False)

@@ -159,6 +159,16 @@ def test_exported_model_round_trip_has_no_training_heads(model, tmp_path):
     assert loaded.config == TINY_MODEL and not loaded.training
 
 
+def test_training_model_round_trip_keeps_every_head(model, tmp_path):
+    model.save(tmp_path)
+    again = UdonModel.load(tmp_path)
+    assert again.classes == CLASSES and again.config == model.config
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="unknown format 'udon-training-model/1', expected udon-embedding/1"):
+        EmbeddingModel.load(tmp_path)
+
+
 def test_embedding_model_is_a_copy(model):
     emb = model.embedding_model()
     with torch.no_grad():
@@ -174,7 +184,7 @@ def test_teacher_embedding_model_uses_that_domain_teacher(model, tmp_path):
 
 
 def test_load_rejects_a_folder_without_sidecar(tmp_path):
-    with pytest.raises(ValueError, match="not an exported udon model"):
+    with pytest.raises(ValueError, match="not a saved udon model"):
         EmbeddingModel.load(tmp_path)
 
 
