@@ -105,6 +105,26 @@ def broadcast_from_main(obj: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
+def weights_fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    """``[2 * P]`` float64: the sum and the absolute sum of every parameter tensor (equal weights, equal print)."""
+    params = [p.detach().double() for p in module.parameters()]
+    return torch.stack([t.sum() for t in params] + [t.abs().sum() for t in params])
+
+
+def check_ranks_agree(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Raise when the ranks' weights differ: data parallelism must keep one model on every rank."""
+    if not ctx.enabled:
+        return
+    mine = weights_fingerprint(module)
+    device = next(module.parameters()).device
+    prints = [torch.empty_like(mine, device=device) for _ in range(ctx.world_size)]
+    dist.all_gather(prints, mine.to(device))
+    differ = [r for r, p in enumerate(prints) if not torch.equal(p.cpu(), prints[0].cpu())]
+    if differ:
+        raise RuntimeError(f"rank(s) {differ} hold different weights from rank 0: the data-parallel replicas "
+                           "diverged (same domain draws, same optimiser steps and synced gradients are required)")
+
+
 def shard_size(batch_size: int, ctx: DistContext) -> int:
     """Images per rank of a global batch; the global batch must split evenly over the ranks."""
     if batch_size % ctx.world_size:

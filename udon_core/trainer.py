@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from udon_core.benchmark import BenchmarkSpec
 from udon_core.device import resolve_device
-from udon_core.distributed import DistContext, broadcast_from_main, init_distributed, mean_over_ranks, shard_size
+from udon_core.distributed import (
+    DistContext, broadcast_from_main, check_ranks_agree, init_distributed, mean_over_ranks, shard_size,
+)
 from udon_core.domain_loader import DomainStream, stream_seed
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
@@ -416,6 +418,9 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
             due = loop.step % cfg.checkpoint_every == 0 or loop.step == cfg.steps
             if last is not None and ctx.is_main and due:
                 save_checkpoint(last, loop.state_dict())
+    check_ranks_agree(model, ctx)
+    if ctx.enabled and ctx.is_main:
+        log.info("all %d ranks hold identical weights after step %d", ctx.world_size, loop.step)
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)
     model.eval()

@@ -80,7 +80,8 @@ def _rank_pid(launcher: psutil.Process, rank: int) -> int | None:
 def two_ranks(run_file, tmp_path_factory) -> tuple[dict, dict]:
     path, root = run_file
     checkpoints = tmp_path_factory.mktemp("two_ranks")
-    _finish(_torchrun(path, root, checkpoints))
+    out = _finish(_torchrun(path, root, checkpoints))
+    assert f"all 2 ranks hold identical weights after step {STEPS}" in out  # checked by an all_gather
     return _export(checkpoints)
 
 
@@ -111,7 +112,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_to_the_same_weights(run_
         time.sleep(0.02)
     assert killed_at is not None, "the run ended before a rank could be killed"
     out = _finish(launcher)
-    assert "resumed from" in out, out[-3000:]
+    assert "resumed from" in out and "all 2 ranks hold identical weights" in out, out[-3000:]
     resumed_step = int(out.split("resumed from")[1].split("at step")[1].split()[0])
     assert 0 < resumed_step < STEPS
     weights, summary = _export(tmp_path)
