@@ -34,10 +34,12 @@ def render_cmd(config_path: Path, overlays: tuple[Path, ...], train_path: Path, 
     """Render every object of a training run, validate it, and write one YAML file per object."""
     from pipelines.cluster import load_cluster_config, render_manifests, validate_manifests, write_manifests
     from pipelines.cluster import default_versions, read_yaml_mapping
+    from udon_core.train import load_run_file
 
     try:
         cfg = load_cluster_config(config_path, *overlays)
         train_config = read_yaml_mapping(train_path, "training config")
+        load_run_file(train_path)  # the pod's own parser: a bad field fails here, not in a GPU pod
         manifests = render_manifests(cfg, train_config, nodes=nodes, gpus_per_node=gpus_per_node,
                                      job_name=job_name)
         versions = default_versions()

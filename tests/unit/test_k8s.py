@@ -129,6 +129,25 @@ def test_config_map_carries_the_training_config_and_its_hash_annotates_the_run(s
     assert _workload(single)["metadata"]["annotations"]["udon-pipeline/train-config-sha256"] == digest
 
 
+def test_the_rendered_command_is_the_library_entry_point_and_its_config_loads(single, multi, tmp_path):
+    from udon_core import train
+
+    config_map = next(m for m in single.values() if m["kind"] == "ConfigMap")
+    (tmp_path / "train.yaml").write_text(config_map["data"]["train.yaml"])
+    config, benchmark = train.load_run_file(tmp_path / "train.yaml")  # what the pod reads from the ConfigMap
+    assert (config.train.steps, config.train.batch_size, benchmark) == (50, 128, "uned")
+    for manifests in (single, multi):
+        for spec in _pod_specs(_workload(manifests)):
+            (container,) = spec["containers"]
+            args = container["args"]
+            module = args[args.index("-m") + 1]
+            assert module == train.__name__  # python -m udon_core.train exists and is this module
+            parsed = train._parse(args[args.index("-m") + 2:])
+            assert (str(parsed.config), parsed.resume) == ("/etc/udon/train.yaml", "auto")
+            env = {e["name"] for e in container["env"]}
+            assert {train.DATA_ENV} <= env and (train.CHECKPOINT_ENV in env)
+
+
 def test_rbac_is_namespaced_and_training_pods_get_no_api_rights(single):
     by_kind = {}
     for m in single.values():
@@ -363,6 +382,12 @@ def test_cli_errors_are_one_sentence(tmp_path):
                                       "--train-config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {tmp_path / 'nope.yaml'}: training config not found"
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump({"training": {"train": {"batch_size": 1}}}))
+    result = CliRunner().invoke(k8s, ["render", "--config", str(ROOT / "configs/cluster.yaml"),
+                                      "--train-config", str(wrong), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "training.train.batch_size" in result.output  # caught before any pod runs
+    assert not (tmp_path / "r").exists()
 
     bad = tmp_path / "bad"
     write_manifests({"job.yaml": {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"},
