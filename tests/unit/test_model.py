@@ -17,15 +17,6 @@ CLASSES = {"shapes": 3, "colors": 5}
 LABELS = torch.tensor([0, 1, 2, 0])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # why: the CI box has 2 shared cores; torch's 2 threads contend and tiny models run ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def model():
     torch.manual_seed(0)

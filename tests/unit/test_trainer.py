@@ -19,15 +19,6 @@ from udon_core.transforms import train_transform
 from udon_core.uned import num_train_classes, read_manifest, records_of
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # why: the CI box has 2 shared cores; torch's 2 threads contend and tiny models run ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = write_tiny_benchmark(tmp_path_factory.mktemp("tiny"))
