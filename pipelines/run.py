@@ -26,7 +26,7 @@ from udon_core.train import TrainingConfig
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {
     "data": DataConfig, "training": TrainingConfig, "evaluation": EvalConfig, "registry": RegistryConfig,
 }
-TRACKED_STEPS = ("model_trainer", "model_registrar")
+TRACKED_STEPS = ("model_trainer", "model_evaluator", "model_registrar")
 
 
 class ConfigError(ValueError):

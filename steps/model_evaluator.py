@@ -15,6 +15,7 @@ from zenml.types import MarkdownString
 
 from steps.data_ingester import DatasetVersion
 from steps.materializers import EmbeddingSetMaterializer
+from steps.tracking import log_evaluation
 from udon_core.embedding import EmbeddingSet
 from udon_core.evaluation import embed_split, evaluate_model, evaluate_oracle_teachers
 from udon_core.model import EmbeddingModel, UdonModel
@@ -66,5 +67,6 @@ def model_evaluator(
     log_metadata(metadata={"mean_mmp_at_5": trained.mean_mmp_at_5, "mean_r_at_1": trained.mean_r_at_1,
                            "untrained_mean_mmp_at_5": baseline.mean_mmp_at_5}, infer_model=True)
     oracle = reports["oracle teacher"].to_dict() if config.oracle_teacher else {}
-    return (trained.to_dict(), baseline.to_dict(), oracle, embeddings, MarkdownString(format_markdown(reports)),
-            chart)
+    table = format_markdown(reports)
+    log_evaluation({name: r.to_dict() for name, r in reports.items()}, table)
+    return trained.to_dict(), baseline.to_dict(), oracle, embeddings, MarkdownString(table), chart

@@ -43,3 +43,21 @@ def active_tracker_logger(params: dict[str, Any] | None = None) -> MetricsCallba
         mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, step=step)
 
     return log
+
+
+def log_evaluation(reports: dict[str, dict[str, Any]], report_markdown: str) -> None:
+    """Per-domain and mean metrics of each report (``eval/<report>/<domain>/<metric>``), the report as
+    Markdown and the metrics documents as JSON, to the step's MLflow run (a no-op without a tracker)."""
+    if not _tracker_active():
+        return
+    import mlflow
+
+    metrics: dict[str, float] = {}
+    for name, doc in reports.items():
+        key = name.replace(" ", "_").replace("(", "").replace(")", "")
+        for domain, values in doc["per_domain"].items():
+            metrics.update({f"eval/{key}/{domain}/{m}": float(values[m]) for m in ("r_at_1", "mmp_at_5")})
+        metrics.update({f"eval/{key}/mean_{m}": float(doc[f"mean_{m}"]) for m in ("r_at_1", "mmp_at_5")})
+        mlflow.log_dict(doc, f"evaluation/{key}.json")
+    mlflow.log_metrics(metrics)
+    mlflow.log_text(report_markdown, "evaluation/report.md")
