@@ -381,3 +381,68 @@ def test_statistics_are_global_across_processes():
     for rank in (0, 1):  # both processes hold the statistics of all four rows
         torch.testing.assert_close(got[rank][0], every.mean(0))
         torch.testing.assert_close(got[rank][1], every.std(0) + 1e-6)
+
+
+# ---------------------------------------------------------------- udon-offline: frozen per-domain specialists
+
+
+def _offline(tmp_path, loss: LossConfig = LossConfig()):
+    from udon_core.offline import OfflineUdonTask
+
+    classes = {"a": 3, "b": 4}
+    teachers, weights = {}, {}
+    for i, (d, n) in enumerate(classes.items()):
+        torch.manual_seed(10 + i)
+        specialist = UdonModel(STUDENT, {d: n})
+        specialist.embedding_model().save(tmp_path / d)
+        teachers[d] = create_teachers([TeacherConfig(name=d, udon_model=tmp_path / d)])[0]
+        weights[d] = specialist.student_classifiers[d].weight.detach()
+    torch.manual_seed(0)
+    return OfflineUdonTask(UdonModel(STUDENT, classes), teachers, weights, loss), weights
+
+
+def test_offline_task_is_udon_distillation_from_the_frozen_specialist(tmp_path):
+    from udon_core.losses import classification_loss, kl_distillation, relational_distillation
+
+    task, weights = _offline(tmp_path)
+    images, _ = _batch()
+    labels = torch.tensor([0, 3, 1, 2])
+    out = task(images, labels, "b")
+    m, cfg = task.model, LossConfig()
+    teacher = task.teachers["b"](images, task.student_norm).embedding
+    t_cos = teacher @ torch.nn.functional.normalize(weights["b"], dim=1).T
+    student = m.student(m.features(images))
+    s_cos = m.student_classifiers["b"](student)
+    expected = {"student_ce": classification_loss(s_cos, labels, cfg), "kl": kl_distillation(s_cos, t_cos, 0.1),
+                "relational": relational_distillation(student, teacher, cfg)}
+    for k, v in expected.items():
+        assert out[f"loss/{k}"].item() == pytest.approx(v.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(sum(v.item() for v in expected.values()) / 3, rel=1e-5)
+    assert "loss/teacher_ce" not in out
+    out["loss"].backward()
+    assert all(p.grad is None for p in task.teachers.parameters())
+    assert m.student.linear.weight.grad is not None and m.backbone.cls_token.grad is not None
+
+
+def test_offline_task_groups_and_state(tmp_path):
+    task, _ = _offline(tmp_path)
+    groups = task.param_groups()
+    assert not {id(p) for ps in groups.values() for p in ps} & {id(p) for p in task.teachers.parameters()}
+    assert {id(p) for p in task.inactive_head_parameters("a")} == {
+        id(p) for p in task.model.student_classifiers["b"].parameters()}
+    assert all(k.startswith("model.") for k in task.state_dict())  # teachers and their classes come from files
+
+
+def test_offline_task_rejects_incomplete_teachers(tmp_path):
+    from udon_core.offline import OfflineUdonTask
+
+    task, weights = _offline(tmp_path)
+    teachers = dict(task.teachers.items())
+    model = UdonModel(STUDENT, {"a": 3, "b": 4})
+    with pytest.raises(ValueError, match=r"no teachers for domains \['b'\]"):
+        OfflineUdonTask(model, {"a": teachers["a"]}, weights, LossConfig())
+    with pytest.raises(ValueError, match=r"domain 'a': shape \(4, 8\), the domain has 3 classes"):
+        OfflineUdonTask(model, teachers, {**weights, "a": weights["b"]}, LossConfig())
+    plain = create_teachers(TEACHERS[:1])[0]
+    with pytest.raises(ValueError, match="no embedding head"):
+        OfflineUdonTask(model, {**teachers, "a": plain}, weights, LossConfig())
