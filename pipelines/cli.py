@@ -50,15 +50,21 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a parameter, e.g. --set training.train.steps=50 (repeatable)")
 def run_cmd(config_path: Path, overrides: tuple[str, ...]) -> None:
-    """Run the training pipeline: ingest -> validate -> train -> evaluate -> register."""
+    """Run the training pipeline: ingest -> validate -> train -> evaluate -> register -> promote."""
     from pipelines.run import run_training
-    from udon_core.report import format_comparison
-    from udon_core.retrieval import RetrievalReport
 
     try:
         outcome = run_training(config_path, list(overrides))
     except USER_ERRORS as err:
         _fail(err)
+    print_outcome(outcome)
+
+
+def print_outcome(outcome) -> None:
+    """The run's status, data version, metrics table, registered version and gate verdict."""
+    from udon_core.report import format_comparison
+    from udon_core.retrieval import RetrievalReport
+
     reports = {"untrained (step 0)": RetrievalReport.from_dict(outcome.untrained_metrics),
                "trained": RetrievalReport.from_dict(outcome.metrics)}
     if outcome.oracle_teacher_metrics:
@@ -69,6 +75,13 @@ def run_cmd(config_path: Path, overrides: tuple[str, ...]) -> None:
     click.echo(format_comparison(reports))
     reg = outcome.registration
     click.echo(f"\nRegistered model: {reg['name']} version {reg['version']} ({reg['model_uri']})")
+    verdict = outcome.gate_verdict
+    standing = {"promote": "champion (production)", "hold": "challenger (staging), awaiting review",
+                "reject": "rejected"}[verdict["decision"]]
+    click.echo(f"Gate: {verdict['decision']} -> {standing}")
+    for reason in verdict["reasons"]:
+        click.echo(f"  {reason}")
+    click.echo(f"Review: udon models; udon lineage {reg['version']}")
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri '{reg['tracking_uri']}'")
 
 
@@ -211,17 +224,18 @@ def data_status(repo: Path, dvc_file: str) -> None:
     click.echo(f"{dvc_file}: {pin.path} pinned at {pin.md5} ({pin.nfiles} files); workspace: {state}")
 
 
-def _attach_optional_groups() -> None:
-    try:
-        from pipelines.k8s_cli import k8s
-    except ImportError:
-        return
+def _attach_command_groups() -> None:
+    from pipelines.k8s_cli import k8s
+    from pipelines.registry_cli import REGISTRY_COMMANDS
+
     cli.add_command(k8s)
+    for command in REGISTRY_COMMANDS:
+        cli.add_command(command)
 
 
 def main() -> None:
     _project_home_env()
-    _attach_optional_groups()
+    _attach_command_groups()
     cli()
 
 

@@ -64,6 +64,7 @@ class RunOutcome:
     untrained_metrics: dict[str, Any]
     oracle_teacher_metrics: dict[str, Any]
     registration: dict[str, Any]
+    gate_verdict: dict[str, Any]
     dataset_md5: str
 
 
@@ -160,7 +161,7 @@ def _output(run, step: str, name: str) -> Any:
 def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs."""
     from pipelines.stack import ensure_local_stack, experiment_tracker_name
-    from pipelines.training import training_pipeline
+    from pipelines.training import training_pipeline, zenml_model
 
     doc = resolve_config(config_path, overrides)
     ensure_local_stack()
@@ -169,7 +170,8 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     runs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=runs_dir, delete=False) as fh:
         yaml.safe_dump(doc, fh, sort_keys=False)
-    pipeline = training_pipeline.with_options(config_path=fh.name)
+    model_name = doc["parameters"]["registry"]["model_name"]
+    pipeline = training_pipeline.with_options(config_path=fh.name, model=zenml_model(model_name))
     try:
         run = pipeline()
     except RuntimeError as err:
@@ -181,5 +183,6 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
         untrained_metrics=_output(run, "model_evaluator", "untrained_metrics"),
         oracle_teacher_metrics=_output(run, "model_evaluator", "oracle_teacher_metrics"),
         registration=_output(run, "model_registrar", "registration"),
+        gate_verdict=_output(run, "model_promoter", "gate_verdict"),
         dataset_md5=_output(run, "data_ingester", "dataset").dvc_md5,
     )

@@ -1,4 +1,4 @@
-"""The training pipeline: ingest -> validate -> train -> evaluate -> register. Wiring only."""
+"""The training pipeline: ingest -> validate -> train -> evaluate -> register -> promote. Wiring only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from zenml import Model, pipeline
 from steps.data_ingester import DataConfig, data_ingester
 from steps.data_validator import data_validator
 from steps.model_evaluator import EvalConfig, model_evaluator
+from steps.model_promoter import model_promoter
 from steps.model_registrar import RegistryConfig, model_registrar
 from steps.model_trainer import model_trainer
 from udon_core.train import TrainingConfig
@@ -14,13 +15,14 @@ from udon_core.train import TrainingConfig
 MODEL_NAME = "udon-universal-embedding"
 
 
-@pipeline(
-    model=Model(
-        name=MODEL_NAME,
-        description="UDON universal image embedding: shared backbone + 64-d student head (deployable part).",
-        tags=["udon", "universal-embedding"],
-    )
-)
+def zenml_model(name: str = MODEL_NAME) -> Model:
+    """The ZenML model a run adds a version to; it has the MLflow registered model's name, so that ZenML's
+    stages and MLflow's aliases describe the same model."""
+    return Model(name=name, tags=["udon", "universal-embedding"],
+                 description="UDON universal image embedding: shared backbone + 64-d student head (deployable part).")
+
+
+@pipeline(model=zenml_model())
 def training_pipeline(
     data: DataConfig,
     training: TrainingConfig,
@@ -30,11 +32,13 @@ def training_pipeline(
     """Train and register a universal embedding on a DVC-versioned, validated benchmark."""
     manifest, dataset = data_ingester(config=data)
     validation, _ = data_validator(manifest=manifest, dataset=dataset)
-    model, untrained, training_model, _ = model_trainer(
+    model, untrained, training_model, train_summary = model_trainer(
         manifest=manifest, dataset=dataset, validation=validation, config=training
     )
     metrics, *_ = model_evaluator(
         manifest=manifest, dataset=dataset, model=model, untrained=untrained, training_model=training_model,
         config=evaluation,
     )
-    model_registrar(model=model, metrics=metrics, dataset=dataset, config=registry)
+    registration = model_registrar(model=model, metrics=metrics, train_summary=train_summary, dataset=dataset,
+                                   config=registry)
+    model_promoter(registration=registration, metrics=metrics, config=registry)

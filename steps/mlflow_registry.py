@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from steps.dvc_store import git_dirty, git_revision
+from steps.model_registry import METRICS_ARTIFACT
 from udon_core.model import EmbeddingModel
 
 # why: logged with the model so `mlflow models serve`/`pyfunc.load_model` can rebuild the environment,
@@ -67,6 +68,9 @@ def register_embedding_model(
         model, name="model", input_example=example, signature=_signature(model, size),
         pip_requirements=PIP_REQUIREMENTS, serialization_format="pt2",
     )
+    # why: the gate reads the champion's per-domain metrics from its own run; the evaluate step may have
+    # been cached and have logged them to an earlier run.
+    mlflow.log_dict(metrics, METRICS_ARTIFACT)
     tags = {**dataset_tags, **code_version(), **_metric_tags(metrics)}
     mlflow.set_tags(tags)
     version = mlflow.register_model(info.model_uri, name, tags=tags)
@@ -95,5 +99,6 @@ def load_embedding_model(uri: str, tracking_uri: str | None = None) -> Embedding
         version = client.get_model_version_by_alias(name, alias)
     else:
         version = client.get_model_version(name, ref)
-    local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="udon_model")
-    return EmbeddingModel.load(Path(local))
+    with tempfile.TemporaryDirectory() as tmp:  # why: without dst_path MLflow leaves a temp dir behind
+        local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="udon_model", dst_path=tmp)
+        return EmbeddingModel.load(Path(local))

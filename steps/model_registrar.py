@@ -4,32 +4,43 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from zenml import get_step_context, log_metadata, step
 
 from steps.data_ingester import DatasetVersion
 from steps.mlflow_registry import register_embedding_model
+from steps.model_registry import ZENML_VERSION_TAG
+from steps.tracking import log_evaluation
+from udon_core.gate import GatePolicy
+from udon_core.report import format_markdown
+from udon_core.retrieval import RetrievalReport
 from udon_core.model import EmbeddingModel
 
 
 class RegistryConfig(BaseModel):
-    """Where the model is registered."""
+    """Where the model is registered and what it must show to become the champion."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_name: str = "udon-universal-embedding"
+    gate: GatePolicy = Field(default_factory=GatePolicy, description="the promotion policy (udon_core/gate.py)")
 
 
 @step
 def model_registrar(
-    model: EmbeddingModel, metrics: dict[str, Any], dataset: DatasetVersion, config: RegistryConfig
+    model: EmbeddingModel, metrics: dict[str, Any], train_summary: dict[str, Any], dataset: DatasetVersion,
+    config: RegistryConfig,
 ) -> Annotated[dict[str, Any], "registration"]:
-    """Log the model with its signature and tags to MLflow, register a version, link it to the ZenML model."""
+    """Log the model with its signature, tags and evaluation to MLflow, register a version, link it to the
+    ZenML model version."""
     context = get_step_context()
+    # The version's own run carries its evaluation even when the evaluate step was cached (an earlier run).
+    log_evaluation({"trained": metrics}, format_markdown(RetrievalReport.from_dict(metrics)))
     registration = register_embedding_model(
         model, config.model_name, metrics=metrics, dataset_tags={
             "data.dvc_md5": dataset.dvc_md5, "data.dvc_file_git_rev": dataset.dvc_file_git_rev or "",
-            "zenml.pipeline_run": str(context.pipeline_run.name),
+            "zenml.pipeline_run": str(context.pipeline_run.name), ZENML_VERSION_TAG: str(context.model_version.id),
+            "training.mlflow_run_id": str(train_summary.get("mlflow_run_id", "")),
         },
     )
     log_metadata(metadata={"mlflow": registration}, infer_model=True)

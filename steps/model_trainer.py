@@ -11,7 +11,7 @@ from zenml.enums import ArtifactType
 
 from steps.data_ingester import DatasetVersion
 from steps.expectations import ValidationReport
-from steps.tracking import active_tracker_logger, flatten
+from steps.tracking import active_run_id, active_tracker_logger, flatten
 from steps.materializers import ModelFolderMaterializer
 from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.train import TrainingConfig, build_model, run_training
@@ -36,7 +36,8 @@ def model_trainer(
         model, config, Path(dataset.root), manifest, dataset.benchmark, callback=log,
         checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
     )
-    summary = result.summary()
+    # why: with the train step cached, later runs register in new MLflow runs; this names the training curves' run.
+    summary = {**result.summary(), "mlflow_run_id": active_run_id() or ""}
     log_metadata(metadata={"train": summary, "validation_passed": validation.success}, infer_model=True)
     log_metadata(metadata={"train": summary})
     return result.model.embedding_model(), untrained, result.model, summary

@@ -61,3 +61,13 @@ def log_evaluation(reports: dict[str, dict[str, Any]], report_markdown: str) -> 
         mlflow.log_dict(doc, f"evaluation/{key}.json")
     mlflow.log_metrics(metrics)
     mlflow.log_text(report_markdown, "evaluation/report.md")
+
+
+def active_run_id() -> str | None:
+    """The MLflow run ZenML opened for this step, if the step has the tracker."""
+    if not _tracker_active():
+        return None
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run else None

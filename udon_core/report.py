@@ -27,7 +27,7 @@ def _cell(report: RetrievalReport, domain: str, metric: str) -> float | None:
     return fig["mean"][metric] if domain == "mean" else fig["per_domain"].get(domain, {}).get(metric)
 
 
-def _rows(reports: dict[str, RetrievalReport]) -> tuple[list[str], list[list[str]]]:
+def comparison_rows(reports: dict[str, RetrievalReport]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: per report R@1 and mMP@5; with several reports, each later one's deltas to the first."""
     names, first = list(reports), next(iter(reports.values()))
     header = ["domain"] + [f"{n} {_label(m, r)}".strip() for n, r in reports.items() for m, _ in METRICS]
@@ -71,12 +71,12 @@ def format_comparison(reports: dict[str, RetrievalReport]) -> str:
     """Several reports side by side as aligned text, e.g. ``{"untrained (step 0)": r0, "trained": r1}``."""
     if not reports:
         raise ValueError("no reports to compare")
-    return "\n".join([_titles(reports), *_aligned(*_rows(reports))])
+    return "\n".join([_titles(reports), *_aligned(*comparison_rows(reports))])
 
 
 def format_table(report: RetrievalReport) -> str:
     """One report as aligned text: per-domain R@1, mMP@5, queries scored and queries without a positive."""
-    header, rows = _rows({"": report})
+    header, rows = comparison_rows({"": report})
     header += ["queries", "no positive"]
     for row in rows:
         m = report.per_domain.get(row[0])
@@ -90,7 +90,7 @@ def format_markdown(reports: RetrievalReport | dict[str, RetrievalReport]) -> st
     """One report, or several side by side with deltas, as a Markdown table (for ZenML and MLflow)."""
     if isinstance(reports, RetrievalReport):
         reports = {"": reports}
-    header, rows = _rows(reports)
+    header, rows = comparison_rows(reports)
     out = [f"**{_titles(reports)}**", "",
            "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]

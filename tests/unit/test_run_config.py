@@ -77,3 +77,34 @@ def test_bad_configuration_names_the_file_and_field(repo, params, fragment):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="run configuration not found"):
         resolve_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["zenml.yaml", "configs/uned.yaml", "configs/schedule.yaml"])
+def test_shipped_run_configurations_are_valid_zenml_run_configurations(name, repo):
+    from pathlib import Path
+
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / name).read_text())
+    shipped["parameters"]["data"]["repo"] = str(repo)
+    doc = resolve_config(write(repo / "run.yaml", shipped))
+    run_config = PipelineRunConfiguration.model_validate(doc)  # what ZenML does with the file
+    if name == "configs/schedule.yaml":
+        assert run_config.schedule.cron_expression == "0 3 * * 1"
+        assert doc["parameters"]["registry"]["gate"]["auto_promote"] is False
+
+
+def test_the_ci_workflow_calls_retrain_with_options_that_exist():
+    import shlex
+    from pathlib import Path
+
+    from pipelines.registry_cli import EXIT_UNCHANGED, retrain_cmd
+
+    workflow = yaml.safe_load((Path(__file__).resolve().parents[2] / ".github/workflows/retrain.yml").read_text())
+    assert workflow[True]["push"]["paths"] == ["data.dvc"] and workflow[True]["schedule"]  # YAML 1.1: on -> True
+    script = next(s["run"] for s in workflow["jobs"]["retrain"]["steps"] if "udon retrain" in s.get("run", ""))
+    line = next(x for x in script.splitlines() if "udon retrain" in x).strip()
+    args = shlex.split(line)[2:]
+    ctx = retrain_cmd.make_context("retrain", args)  # raises on an option the command does not have
+    assert ctx.params["if_data_changed"] and str(ctx.params["config_path"]) == "configs/uned.yaml"
+    assert f'"$code" -ne {EXIT_UNCHANGED}' in script

@@ -1,0 +1,75 @@
+"""The chain behind a registered version, from the registry back to the data, as `udon lineage` prints it.
+
+MLflow version -> MLflow run -> ZenML pipeline run and its steps -> data version (DVC md5, git revision of
+``data.dvc``) -> the validation report -> code version -> the training config -> the gate and promotions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from steps.model_registry import ModelRegistry, VersionInfo
+
+Section = tuple[str, list[tuple[str, str]]]
+
+
+def _zenml_run(info: VersionInfo) -> Any | None:
+    from zenml.client import Client
+
+    name = info.tags.get("zenml.pipeline_run")
+    return Client().get_pipeline_run(name) if name else None
+
+
+def _steps_section(run: Any) -> Section:
+    items = [("pipeline run", f"{run.name} ({run.status})")]
+    for name, step in run.steps.items():
+        items.append((f"step {name}", str(step.status)))
+    return "ZenML", items
+
+
+def _validation_section(run: Any) -> Section:
+    step = run.steps.get("data_validator")
+    if step is None or "validation_report" not in step.outputs:
+        return "Validation", [("report", "not found in the pipeline run")]
+    report = step.outputs["validation_report"][0].load()
+    failed = [o for o in report.outcomes if not o.success]
+    items = [("suite", report.suite), ("passed", str(report.success)),
+             ("expectations", f"{report.evaluated - len(failed)}/{report.evaluated} met"),
+             ("artifact", str(step.outputs["validation_report"][0].id))]
+    items += [(f"warning {o.severity}", f"{o.expectation}({o.column}): {o.unexpected_count} row(s)") for o in failed]
+    return "Validation", items
+
+
+def _config_section(run: Any) -> Section:
+    step = run.steps.get("model_trainer")
+    config = step.config.parameters.get("config") if step is not None else None
+    return "Training config", [("model_trainer config", json.dumps(config, sort_keys=True) if config else "not found")]
+
+
+def lineage(registry: ModelRegistry, version: str) -> list[Section]:
+    """Titled sections of (key, value) lines for ``version`` of ``registry``'s model."""
+    info = registry.version(version)
+    run = registry.client.get_run(info.run_id)
+    tags = info.tags
+    sections: list[Section] = [
+        (f"Model {registry.name} version {info.version}",
+         [("stage", info.stage), ("aliases", ", ".join(info.aliases) or "-"),
+          ("gate", f"{tags.get('gate.verdict', '-')}: {tags.get('gate.reasons', '-')}"),
+          ("mean mMP@5 / R@1", f"{tags.get('metric.mean_mmp_at_5', '-')} / {tags.get('metric.mean_r_at_1', '-')}")]),
+        ("MLflow", [("run", f"{info.run_id} ({run.info.status})"), ("experiment", run.info.experiment_id),
+                    ("training curves in run", tags.get("training.mlflow_run_id") or "-"),
+                    ("model uri", f"models:/{registry.name}/{info.version}")]),
+        ("Data", [("DVC md5", tags.get("data.dvc_md5", "-")),
+                  ("git revision of data.dvc", tags.get("data.dvc_file_git_rev", "-") or "-")]),
+        ("Code", [("git commit", tags.get("code.git_commit", "-")), ("dirty tree", tags.get("code.git_dirty", "-"))]),
+    ]
+    zen = _zenml_run(info)
+    if zen is None:
+        sections.append(("ZenML", [("pipeline run", "not recorded (registered outside the pipeline)")]))
+    else:
+        sections += [_steps_section(zen), _validation_section(zen), _config_section(zen)]
+    events = [e for e in registry.history() if info.version in (e["version"], e.get("previous"))]
+    sections.append(("Promotions", [(e["at"], f"{e['action']} v{e['version']} by {e['by']}: {e['reason']}")
+                                    for e in events] or [("-", "never promoted")]))
+    return sections

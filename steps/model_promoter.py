@@ -1,0 +1,51 @@
+"""Promote step: the gate judges the new version against the champion and sets its standing in MLflow and
+ZenML; the promotion review (Markdown + HTML) is kept as artifacts and attached to the MLflow version."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from zenml import log_metadata, step
+from zenml.types import HTMLString, MarkdownString
+
+from steps.model_registrar import RegistryConfig
+from steps.model_registry import ModelRegistry
+from udon_core.gate import judge
+from udon_core.review import Candidate, promotion_review
+
+GATE_ACTOR = "udon-gate"
+
+
+@step(enable_cache=False)  # the champion it compares against changes between runs
+def model_promoter(
+    registration: dict[str, Any], metrics: dict[str, Any], config: RegistryConfig
+) -> tuple[
+    Annotated[dict[str, Any], "gate_verdict"],
+    Annotated[MarkdownString, "promotion_review"],
+    Annotated[HTMLString, "promotion_review_html"],
+]:
+    """Judge the registered version, promote it or hold it for review, and write the review."""
+    registry = ModelRegistry(registration["name"], registration["tracking_uri"])
+    version = registry.version(registration["version"])
+    champion = registry.champion()
+    if champion is not None and champion.version == version.version:
+        champion = None if (previous := _previous_champion(registry)) is None else registry.version(previous)
+    rival = Candidate(champion.version, registry.metrics(champion.version), champion.tags) if champion else None
+    verdict = judge(metrics, rival.metrics if rival else None, config.gate, rival.version if rival else None)
+    review = promotion_review(Candidate(version.version, metrics, version.tags), rival, verdict)
+    registry.record_verdict(version.version, verdict.decision, verdict.reasons)
+    if verdict.decision == "promote" and "champion" not in version.aliases:
+        registry.promote(version.version, reason="; ".join(verdict.reasons), actor=GATE_ACTOR)
+    elif verdict.decision != "promote":
+        registry.set_standing(version.version, "challenger" if verdict.decision == "hold" else "rejected")
+    registry.attach_review(version.version, review.markdown, review.html)
+    log_metadata(metadata={"gate": {"decision": verdict.decision, "reasons": verdict.reasons,
+                                    "compared_with": verdict.compared_with or ""}}, infer_model=True)
+    document = {**verdict.model_dump(mode="json"), "reasons": verdict.reasons, "version": version.version}
+    return document, MarkdownString(review.markdown), HTMLString(review.html)
+
+
+def _previous_champion(registry: ModelRegistry) -> str | None:
+    """The champion before the current one (a re-run judges the champion against its predecessor)."""
+    chain = registry.champion_chain()
+    return chain[-2] if len(chain) > 1 else None

@@ -1,0 +1,121 @@
+"""The gated registry on real MLflow and ZenML: gate decisions, promotion, rollback, listings, lineage,
+retraining only when the data changed. Each run after the first reuses the trained model from the cache,
+so only the register and promote steps run again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.integration.conftest import tiny_run_config
+
+pytestmark = pytest.mark.slow
+MODEL = "udon-gate-test"
+
+
+def _run(repo, path, **gate):
+    from pipelines.run import run_training
+
+    config = tiny_run_config(repo, path, registry={"model_name": MODEL, "gate": gate})
+    return run_training(config)
+
+
+def _standing(registry) -> dict[str, tuple[tuple[str, ...], str, str]]:
+    """version -> (MLflow aliases, udon.stage tag, ZenML stage)."""
+    from zenml.client import Client
+
+    out = {}
+    for v in registry.versions():
+        zen = Client().get_model_version(model_version_name_or_number_or_id=v.tags["zenml.model_version_id"])
+        out[v.version] = (v.aliases, v.stage, str(zen.stage))
+    return out
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_repo, tmp_path_factory):
+    from pipelines.stack import ensure_local_stack, mlflow_tracking_uri
+    from steps.model_registry import ModelRegistry
+
+    cfg = tmp_path_factory.mktemp("gate")
+    first = _run(tiny_repo, cfg / "first.yaml")
+    assert first.gate_verdict["decision"] == "promote"
+    second = _run(tiny_repo, cfg / "second.yaml", min_improvement=1.0)  # cannot beat the champion by 1.0
+    assert second.gate_verdict["decision"] == "hold"
+    assert "model_trainer" in second.cached_steps and second.registration["version"] == "2"
+    ensure_local_stack()
+    return ModelRegistry(MODEL, mlflow_tracking_uri()), second, cfg
+
+
+def _cli(*args):
+    from pipelines.cli import _attach_command_groups, cli
+
+    _attach_command_groups()
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_gate_promotes_the_first_model_and_holds_a_challenger(registry):
+    reg, second, _ = registry
+    assert _standing(reg) == {"2": (("challenger",), "staging", "staging"),
+                              "1": (("champion",), "production", "production")}
+    v2 = reg.version("2")
+    assert v2.tags["gate.verdict"] == "hold" and "improvement: mean mMP@5" in v2.tags["gate.reasons"]
+    assert second.gate_verdict["compared_with"] == "1"
+    review = {f.path for f in reg.client.list_artifacts(v2.run_id, "review")}
+    assert review == {"review/promotion_review.md", "review/promotion_review.html"}
+    text = reg.run_text("2", "review/promotion_review.md")
+    assert "Gate verdict: HOLD" in text and "champion v1" in text and "data.dvc_md5" in text
+
+
+def test_promote_and_rollback_keep_mlflow_and_zenml_in_step(registry):
+    reg, _, _ = registry
+    result = _cli("promote", "2", "--reason", "reviewed: glyphs matter more", "--model", MODEL)
+    assert result.exit_code == 0, result.output
+    assert _standing(reg) == {"2": (("champion",), "production", "production"),
+                              "1": ((), "archived", "archived")}
+    assert reg.version("2").tags["udon.promotion_reason"] == "reviewed: glyphs matter more"
+    result = _cli("rollback", "--reason", "latency regression", "--model", MODEL)
+    assert result.exit_code == 0 and "version 1 is the champion again; version 2 archived" in result.output
+    assert _standing(reg) == {"2": ((), "archived", "archived"), "1": (("champion",), "production", "production")}
+    assert [e["action"] for e in reg.history()] == ["promote", "promote", "rollback"]
+    again = _cli("rollback", "--model", MODEL)
+    assert again.exit_code == 2 and "first champion" in again.output
+    assert _cli("promote", "7", "--reason", "x", "--model", MODEL).output.startswith(
+        f"error: model '{MODEL}' has no version 7")
+
+
+def test_models_and_lineage_show_the_chain(registry, tiny_repo):
+    from steps import dvc_store
+
+    reg, _, _ = registry
+    listing = _cli("models", "--model", MODEL)
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    assert lines[1].split()[:4] == ["version", "stage", "aliases", "gate"]
+    assert any(line.split()[:4] == ["1", "production", "champion", "promote"] for line in lines)
+    chain = _cli("lineage", "1", "--model", MODEL)
+    assert chain.exit_code == 0, chain.output
+    pin = dvc_store.read_pin(tiny_repo)
+    for expected in (f"DVC md5: {pin.md5}", "git revision of data.dvc:", "git commit:", "step model_trainer:",
+                     "suite: demo-manifest", "passed: True", '"steps": 6', "promote v1 by udon-gate"):
+        assert expected in chain.output, expected
+
+
+def test_retrain_runs_only_when_the_data_changed(registry, tiny_repo):
+    reg, _, cfg = registry
+    config = tiny_run_config(tiny_repo, cfg / "retrain.yaml", registry={"model_name": MODEL})
+    result = _cli("retrain", "--config", str(config), "--if-data-changed", "--report", str(cfg / "ci.json"))
+    assert result.exit_code == 3, result.output
+    assert "data unchanged" in result.output
+    assert json.loads((cfg / "ci.json").read_text()) == {"ran": False, "data_md5": reg.version("1").tags[
+        "data.dvc_md5"], "champion": "1"}
+
+
+def test_a_model_below_the_floors_is_rejected_and_gets_no_alias(registry, tiny_repo):
+    reg, _, cfg = registry
+    outcome = _run(tiny_repo, cfg / "floors.yaml", min_mmp_at_5=0.99)
+    assert outcome.gate_verdict["decision"] == "reject"
+    version = outcome.registration["version"]
+    assert reg.version(version).aliases == () and reg.version(version).tags["gate.verdict"] == "reject"
+    assert reg.champion().version == "1"
