@@ -86,7 +86,8 @@ def print_outcome(outcome) -> None:
 
 
 def _model(uri: str):
-    from pipelines.stack import ensure_local_stack, mlflow_tracking_uri
+    from pipelines.stack import ensure_local_stack
+    from steps.tracking import mlflow_tracking_uri
     from steps.mlflow_registry import load_embedding_model
 
     tracking = None

@@ -64,6 +64,10 @@ def lineage(registry: ModelRegistry, version: str) -> list[Section]:
                   ("git revision of data.dvc", tags.get("data.dvc_file_git_rev", "-") or "-")]),
         ("Code", [("git commit", tags.get("code.git_commit", "-")), ("dirty tree", tags.get("code.git_dirty", "-"))]),
     ]
+    teachers = json.loads(tags.get("training.teachers", "{}") or "{}")
+    if teachers:
+        sections.append(("Frozen teachers", [(name, ", ".join(f"{k}={v}" for k, v in src.items()))
+                                             for name, src in teachers.items()]))
     zen = _zenml_run(info)
     if zen is None:
         sections.append(("ZenML", [("pipeline run", "not recorded (registered outside the pipeline)")]))

@@ -22,7 +22,8 @@ model_option = click.option("--model", "model_name", default=DEFAULT_MODEL, show
 
 
 def _registry(model_name: str):
-    from pipelines.stack import ensure_local_stack, mlflow_tracking_uri
+    from pipelines.stack import ensure_local_stack
+    from steps.tracking import mlflow_tracking_uri
     from steps.model_registry import ModelRegistry
 
     ensure_local_stack()

@@ -41,11 +41,3 @@ def experiment_tracker_name() -> str | None:
 
     tracker = Client().active_stack.experiment_tracker
     return tracker.name if tracker else None
-
-
-def mlflow_tracking_uri() -> str | None:
-    """The tracking URI of the active stack's MLflow tracker (for `mlflow ui` and the CLI)."""
-    from zenml.client import Client
-
-    tracker = Client().active_stack.experiment_tracker
-    return tracker.get_tracking_uri() if tracker is not None and hasattr(tracker, "get_tracking_uri") else None

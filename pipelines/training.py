@@ -39,6 +39,6 @@ def training_pipeline(
         manifest=manifest, dataset=dataset, model=model, untrained=untrained, training_model=training_model,
         config=evaluation,
     )
-    registration = model_registrar(model=model, metrics=metrics, train_summary=train_summary, dataset=dataset,
-                                   config=registry)
+    registration = model_registrar(model=model, training_model=training_model, metrics=metrics,
+                                   train_summary=train_summary, dataset=dataset, config=registry)
     model_promoter(registration=registration, metrics=metrics, config=registry)

@@ -10,7 +10,7 @@ import torch
 
 from steps.dvc_store import git_dirty, git_revision
 from steps.model_registry import METRICS_ARTIFACT
-from udon_core.model import EmbeddingModel
+from udon_core.model import EmbeddingModel, UdonModel, load_embedding_model as load_folder
 
 # why: logged with the model so `mlflow models serve`/`pyfunc.load_model` can rebuild the environment,
 # and passing them explicitly skips MLflow's slow dependency inference (design.md section 6).
@@ -46,7 +46,8 @@ def _metric_tags(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 def register_embedding_model(
-    model: EmbeddingModel, name: str, metrics: dict[str, Any], dataset_tags: dict[str, str]
+    model: EmbeddingModel, name: str, metrics: dict[str, Any], dataset_tags: dict[str, str],
+    training_model: UdonModel | None = None,
 ) -> dict[str, str]:
     """Log ``model`` to the active MLflow run (torch.export format + our own save folder) and register it.
 
@@ -64,6 +65,10 @@ def register_embedding_model(
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp)
         mlflow.log_artifacts(tmp, artifact_path="udon_model")
+    if training_model is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            training_model.save(tmp)
+            mlflow.log_artifacts(tmp, artifact_path="udon_training_model")
     info = mlflow.pytorch.log_model(
         model, name="model", input_example=example, signature=_signature(model, size),
         pip_requirements=PIP_REQUIREMENTS, serialization_format="pt2",
@@ -86,7 +91,7 @@ def load_embedding_model(uri: str, tracking_uri: str | None = None) -> Embedding
     from pathlib import Path
 
     if not uri.startswith("models:/"):
-        return EmbeddingModel.load(Path(uri))
+        return load_folder(Path(uri))
     import mlflow
     from mlflow import MlflowClient
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,9 +13,9 @@ from steps.mlflow_registry import register_embedding_model
 from steps.model_registry import ZENML_VERSION_TAG
 from steps.tracking import log_evaluation
 from udon_core.gate import GatePolicy
+from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.report import format_markdown
 from udon_core.retrieval import RetrievalReport
-from udon_core.model import EmbeddingModel
 
 
 class RegistryConfig(BaseModel):
@@ -24,12 +25,16 @@ class RegistryConfig(BaseModel):
 
     model_name: str = "udon-universal-embedding"
     gate: GatePolicy = Field(default_factory=GatePolicy, description="the promotion policy (udon_core/gate.py)")
+    log_training_model: bool = Field(
+        default=True, description="also keep every head and classifier with the version (udon_training_model): "
+        "what a later udon-offline run distils from models:/NAME/VERSION"
+    )
 
 
 @step
 def model_registrar(
-    model: EmbeddingModel, metrics: dict[str, Any], train_summary: dict[str, Any], dataset: DatasetVersion,
-    config: RegistryConfig,
+    model: EmbeddingModel, training_model: UdonModel, metrics: dict[str, Any], train_summary: dict[str, Any],
+    dataset: DatasetVersion, config: RegistryConfig,
 ) -> Annotated[dict[str, Any], "registration"]:
     """Log the model with its signature, tags and evaluation to MLflow, register a version, link it to the
     ZenML model version."""
@@ -41,7 +46,10 @@ def model_registrar(
             "data.dvc_md5": dataset.dvc_md5, "data.dvc_file_git_rev": dataset.dvc_file_git_rev or "",
             "zenml.pipeline_run": str(context.pipeline_run.name), ZENML_VERSION_TAG: str(context.model_version.id),
             "training.mlflow_run_id": str(train_summary.get("mlflow_run_id", "")),
+            # the student's lineage back to its frozen teachers (udon-offline, unic)
+            **({"training.teachers": json.dumps(teachers)[:4900]} if (teachers := train_summary.get("teachers")) else {}),
         },
+        training_model=training_model if config.log_training_model else None,
     )
     log_metadata(metadata={"mlflow": registration}, infer_model=True)
     return registration

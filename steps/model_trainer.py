@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,8 @@ from zenml.enums import ArtifactType
 
 from steps.data_ingester import DatasetVersion
 from steps.expectations import ValidationReport
-from steps.tracking import active_run_id, active_tracker_logger, flatten
+from steps.teacher_sources import resolve_teacher_sources
+from steps.tracking import active_run_id, active_tracker_logger, flatten, mlflow_tracking_uri
 from steps.materializers import ModelFolderMaterializer
 from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.train import TrainingConfig, build_model, run_training
@@ -32,12 +34,14 @@ def model_trainer(
     model = build_model(config, manifest, dataset.benchmark)
     untrained = model.embedding_model()
     log = active_tracker_logger(params={"data.dvc_md5": dataset.dvc_md5, **flatten(config.model_dump(mode="json"))})
-    result = run_training(
-        model, config, Path(dataset.root), manifest, dataset.benchmark, callback=log,
-        checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
-    )
+    with tempfile.TemporaryDirectory() as teachers_dir:  # frozen teachers named by reference, fetched here
+        resolved, teachers = resolve_teacher_sources(config, Path(teachers_dir), mlflow_tracking_uri())
+        result = run_training(
+            model, resolved, Path(dataset.root), manifest, dataset.benchmark, callback=log,
+            checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
+        )
     # why: with the train step cached, later runs register in new MLflow runs; this names the training curves' run.
-    summary = {**result.summary(), "mlflow_run_id": active_run_id() or ""}
+    summary = {**result.summary(), "mlflow_run_id": active_run_id() or "", "teachers": teachers}
     log_metadata(metadata={"train": summary, "validation_passed": validation.success}, infer_model=True)
     log_metadata(metadata={"train": summary})
     return result.model.embedding_model(), untrained, result.model, summary

@@ -71,3 +71,11 @@ def active_run_id() -> str | None:
 
     run = mlflow.active_run()
     return run.info.run_id if run else None
+
+
+def mlflow_tracking_uri() -> str | None:
+    """The tracking URI of the active stack's MLflow tracker, for `mlflow ui`, the CLI and registry reads."""
+    from zenml.client import Client
+
+    tracker = Client().active_stack.experiment_tracker
+    return tracker.get_tracking_uri() if tracker is not None and hasattr(tracker, "get_tracking_uri") else None

@@ -186,3 +186,18 @@ class EmbeddingModel(nn.Module):
         model = cls(ModelConfig.model_validate(_read_sidecar(directory, EXPORT_FORMAT)["config"]))
         _load_weights(model, directory)
         return model.to(map_location).eval()
+
+
+def load_embedding_model(directory: str | Path, map_location: str = "cpu") -> EmbeddingModel:
+    """The deployable model from an exported folder, or from a training-model folder (its student part)."""
+    fmt = _read_sidecar_format(directory)
+    if fmt == TRAINING_FORMAT:
+        return UdonModel.load(directory, map_location).embedding_model()
+    return EmbeddingModel.load(directory, map_location)
+
+
+def _read_sidecar_format(directory: str | Path) -> str | None:
+    path = Path(directory) / SIDECAR_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory}: not a saved udon model (no {SIDECAR_FILE})")
+    return json.loads(path.read_text()).get("format")

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from udon_core.backbone import HUB, LITE0_PACKAGE, BackboneConfig, load_pretrained
-from udon_core.model import EmbeddingModel
+from udon_core.model import load_embedding_model
 
 RGB = tuple[float, float, float]
 
@@ -227,7 +227,7 @@ def create_teacher(cfg: TeacherConfig) -> FrozenTeacher:
     if cfg.timm_model is not None:
         model, norm, size, interpolation = _timm_teacher(cfg)
         return FrozenTeacher(cfg.name, model, norm, size, interpolation=interpolation)
-    exported = EmbeddingModel.load(cfg.udon_model)
+    exported = load_embedding_model(cfg.udon_model)  # an exported model, or a training model's student part
     pre = exported.config.preprocess
     norm = Normalization(tuple(cfg.mean or pre.mean), tuple(cfg.std or pre.std))
     # why: udon models are trained and evaluated with bilinear resizing (udon_core/transforms.py).

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
@@ -35,14 +36,15 @@ from udon_core.domain_loader import DomainStream, stream_seed
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.sampler import DomainSampler, SamplerConfig
-from udon_core.task import UdonTask
+from udon_core.objectives import UNIC_METHODS, build_task
+from udon_core.unic import UnicConfig
 from udon_core.transforms import train_transform
 from udon_core.uned import records_of
 
 log = logging.getLogger(__name__)
 MetricsCallback = Callable[[dict[str, float], int], None]
 Validator = Callable[[EmbeddingModel], float]
-Method = Literal["udon", "uscrr", "uscds", "ujcrr", "ujcds", "specialist"]
+Method = Literal["udon", "uscrr", "uscds", "ujcrr", "ujcds", "specialist", "unic", "udon+unic", "udon-offline"]
 
 # What each method changes from the UDON defaults (research/udon.md section 4, "Differences from the UnED
 # baseline configs"): the UnED baselines train one 64-d projection with NormFace CE only, for 7 epochs
@@ -59,9 +61,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ujcrr": {**_UNED_BASELINE, "student_classifier": "joint", "sampler": {"strategy": "round_robin"}},
     "ujcds": {**_UNED_BASELINE, "student_classifier": "joint", "sampler": {"strategy": "dataset_size"}},
     "specialist": {**_UNED_BASELINE, "sampler": {"strategy": "round_robin"}},
+    # UNIC trains the backbone from step 0 (no frozen phase) with the student head on NormFace CE; its teachers
+    # give no per-domain loss for the dynamic sampler, so domains are taken in turn.
+    "unic": {"frozen_steps": 0, "loss": _NO_TEACHERS, "sampler": {"strategy": "round_robin"}},
+    "udon+unic": {},
+    # No online teacher CE exists: the dynamic sampler follows the student's CE (the official alternative).
+    "udon-offline": {"sampler": {"signal": "loss/student_ce"}},
 }
 CHECKPOINT_FILE = "last.pt"
-CHECKPOINT_FORMAT = "udon-train-checkpoint/1"
+CHECKPOINT_FORMAT = "udon-train-checkpoint/2"
 
 
 class TrainConfig(BaseModel):
@@ -98,6 +106,10 @@ class TrainConfig(BaseModel):
     )
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    unic: UnicConfig = Field(default_factory=UnicConfig, description="frozen teachers, UNIC settings (unic, udon+unic)")
+    specialists: dict[str, str] = Field(
+        default_factory=dict, description="udon-offline: domain -> training-model folder of its specialist run"
+    )
     seed: int = Field(default=0, description="rng_seed of the official config")
     device: str = Field(default="auto", description="'auto' = CUDA when present, else CPU; or any torch device")
     amp: bool = Field(default=True, description="bf16 autocast of the backbone on CUDA (the official run is fp32)")
@@ -130,10 +142,15 @@ class TrainConfig(BaseModel):
         return merged
 
     @model_validator(mode="after")
-    def _specialist_has_one_domain(self) -> "TrainConfig":
+    def _method_has_what_it_needs(self) -> "TrainConfig":
         if self.method == "specialist" and (self.domains is None or len(self.domains) != 1):
             raise ValueError("method 'specialist' trains one model per domain: set domains to exactly one "
                              "domain, e.g. domains: [inshop], and run once per domain")
+        if self.method in UNIC_METHODS and not self.unic.teachers:
+            raise ValueError(f"method '{self.method}' distils frozen teachers: list them in unic.teachers")
+        if self.method == "udon-offline" and not self.specialists:
+            raise ValueError("method 'udon-offline' distils per-domain specialists: set specialists "
+                             "{domain: <training_model folder of its specialist run>}")
         return self
 
 
@@ -154,7 +171,7 @@ class TrainResult:
                 "best_step": self.best_step, "last": self.last_metrics}
 
 
-def build_optimizer(task: UdonTask, cfg: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(task: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with one named group per ``task.param_groups()`` entry; ``learning_rates`` sets their lr."""
     groups = [{"name": name, "params": params, "lr": 0.0} for name, params in task.param_groups().items()]
     return torch.optim.AdamW(groups, lr=cfg.lr_heads, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -196,7 +213,7 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class _Loop:
     """Everything that changes while training; its state_dict is the checkpoint."""
 
-    task: UdonTask
+    task: nn.Module  # the task protocol: forward -> {"loss", ...}, param_groups, inactive_head_parameters
     optimizer: torch.optim.AdamW
     sampler: DomainSampler
     streams: list[DomainStream]
@@ -210,7 +227,9 @@ class _Loop:
     best_state: dict[str, torch.Tensor] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "model": self.task.model.state_dict(),
+        # The task's state: the model plus whatever the objective trains or tracks (UNIC's projectors and
+        # teacher statistics); frozen teachers leave themselves out.
+        return {"format": CHECKPOINT_FORMAT, "task": self.task.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
                 "streams": [s.position for s in self.streams], "step": self.step,
                 "domain_steps": self.domain_steps, "rng": _rng_state(self.device),
@@ -219,7 +238,7 @@ class _Loop:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
-        self.task.model.load_state_dict(state["model"])
+        self.task.load_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         for stream, position in zip(self.streams, state["streams"], strict=True):
@@ -245,7 +264,7 @@ def per_rank_loss(loss: LossConfig, ctx: DistContext) -> LossConfig:
     return loss.model_copy(update={"relational_chunks": loss.relational_chunks // ctx.world_size})
 
 
-def _wrap(task: UdonTask, device: torch.device, ctx: DistContext) -> Callable[..., dict[str, torch.Tensor]]:
+def _wrap(task: nn.Module, device: torch.device, ctx: DistContext) -> Callable[..., dict[str, torch.Tensor]]:
     if not ctx.enabled:
         return task
     from torch.nn.parallel import DistributedDataParallel
@@ -258,8 +277,7 @@ def _wrap(task: UdonTask, device: torch.device, ctx: DistContext) -> Callable[..
 def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
                 device: torch.device, ctx: DistContext = DistContext()) -> _Loop:
     shard_size(cfg.batch_size, ctx)  # a clear error before any worker starts
-    task = UdonTask(model, per_rank_loss(cfg.loss, ctx), student_head_group=cfg.student_head_group,
-                    student_classifier=cfg.student_classifier)
+    task = build_task(model, cfg, per_rank_loss(cfg.loss, ctx))
     if cfg.compile:
         model.backbone.compile(backend=cfg.compile_backend)  # in place: parameter names are unchanged
     transform = train_transform(model.config.preprocess)
@@ -323,11 +341,12 @@ def _to_floats(metrics: dict[str, torch.Tensor | float], sampler: DomainSampler,
     return out
 
 
-def set_train_mode(model: UdonModel, freeze_norm_stats: bool) -> None:
-    """Train mode, with BatchNorm layers kept in eval mode when their statistics are frozen."""
-    model.train()
+def set_train_mode(task: nn.Module, freeze_norm_stats: bool) -> None:
+    """Train mode for the task (model and objective modules; frozen teachers stay in eval), with BatchNorm
+    layers kept in eval mode when their statistics are frozen."""
+    task.train()
     if freeze_norm_stats:
-        for module in model.modules():
+        for module in task.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
@@ -396,7 +415,7 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
         loop.load_state_dict(torch.load(last, map_location="cpu", weights_only=False))
         if ctx.is_main:
             log.info("resumed from %s at step %d of %d", last, loop.step, cfg.steps)
-    set_train_mode(model, cfg.freeze_norm_stats)
+    set_train_mode(loop.task, cfg.freeze_norm_stats)
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     callback = callback if ctx.is_main else None

@@ -35,7 +35,8 @@ def _standing(registry) -> dict[str, tuple[tuple[str, ...], str, str]]:
 
 @pytest.fixture(scope="module")
 def registry(tiny_repo, tmp_path_factory):
-    from pipelines.stack import ensure_local_stack, mlflow_tracking_uri
+    from pipelines.stack import ensure_local_stack
+    from steps.tracking import mlflow_tracking_uri
     from steps.model_registry import ModelRegistry
 
     cfg = tmp_path_factory.mktemp("gate")

@@ -149,3 +149,30 @@ def test_cli_evaluates_and_embeds_with_the_registered_model(first_run, tiny_repo
     table = pd.read_parquet(tmp_path / "e.parquet")
     assert list(table["path"]) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
     assert len(table["embedding"][0]) == 64
+
+
+def test_udon_offline_distils_specialists_named_by_zenml_artifact_and_registry_uri(first_run, tiny_repo, tmp_path):
+    from click.testing import CliRunner
+    from zenml.client import Client
+
+    from pipelines.cli import _attach_command_groups, cli
+    from pipelines.run import run_training
+
+    _, outcome = first_run
+    trainer = Client().get_pipeline_run(outcome.run_name).steps["model_trainer"]
+    artifact = trainer.outputs["training_model"][0].id  # a universal model is a specialist for each domain
+    registered = f"models:/{outcome.registration['name']}/{outcome.registration['version']}"
+    refs = {"emoji": f"zenml:{artifact}", "glyphs": f"zenml:{artifact}", "animals": registered}
+    config = tiny_run_config(tiny_repo, tmp_path / "offline.yaml", training={
+        "model": {"backbone": {"name": "tf_efficientnet_lite0", "pretrained": "efficientnet-lite0-package"},
+                  "preprocess": {"image_size": 32}},
+        "train": {"method": "udon-offline", "specialists": refs, "steps": 4, "batch_size": 8, "frozen_steps": 2,
+                  "log_every": 1, "sampler": {"update_every": 2}}})
+    student = run_training(config)
+    assert student.status.endswith("completed")
+    _attach_command_groups()
+    chain = CliRunner().invoke(cli, ["lineage", student.registration["version"], "--model",
+                                     student.registration["name"]])
+    assert chain.exit_code == 0, chain.output
+    assert "Frozen teachers" in chain.output and f"ref=zenml:{artifact}" in chain.output
+    assert f"ref={registered}" in chain.output and "artifact=udon_training_model" in chain.output

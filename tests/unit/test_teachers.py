@@ -177,7 +177,7 @@ def test_teacher_config_rejects_ambiguous_sources(kwargs, match):
 def test_missing_sources_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="weights file not found: .*nope.pth"):
         create_teacher(TeacherConfig(name="a", timm_model="test_vit", weights=str(tmp_path / "nope.pth")))
-    with pytest.raises(ValueError, match="not an exported udon model"):
+    with pytest.raises(ValueError, match="not a saved udon model"):
         create_teacher(TeacherConfig(name="a", udon_model=tmp_path))
     cfg = TeacherConfig(name="a", timm_model="test_vit", img_size=32)
     with pytest.raises(ValueError, match=r"unique, repeated: \['a'\]"):

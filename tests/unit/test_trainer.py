@@ -235,7 +235,7 @@ def test_a_compiled_backbone_trains_and_checkpoints_under_the_same_names(bench, 
     cfg = CFG.model_copy(update={"steps": 2, "compile": True, "compile_backend": "eager"})
     result = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
     assert math.isfinite(result.last_metrics["loss/total"])
-    assert set(torch.load(tmp_path / "last.pt", weights_only=False)["model"]) == names
+    assert set(torch.load(tmp_path / "last.pt", weights_only=False)["task"]) == {f"model.{n}" for n in names}
 
 
 @pytest.mark.gpu
@@ -253,3 +253,69 @@ def test_cuda_bf16_run_is_finite_and_resumes_exactly(bench, tmp_path):
     resumed = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+TEACHER = {"name": "vit_t", "timm_model": "test_vit", "img_size": 16}
+SMALL_UNIC = {"teachers": [TEACHER], "hidden_dim": 16, "last_hidden_dim": 32}
+
+
+def test_unic_run_resumes_exactly_with_its_projectors_and_teacher_statistics(bench, tmp_path):
+    root, manifest, classes = bench
+    cfg = TrainConfig.model_validate({**CFG.model_dump(exclude={"loss", "sampler"}), "method": "unic",
+                                      "unic": SMALL_UNIC, "checkpoint_every": 2})
+    assert (cfg.frozen_steps, cfg.sampler.strategy, cfg.loss.kl_weight) == (3, "round_robin", 0.0)  # given: kept
+    straight = train(_model(classes), root, manifest, SPEC, cfg, progress=False)
+    assert {"loss/unic", "loss/vit_t/cls", "loss/vit_t/patch", "loss/student_ce"} <= set(straight.last_metrics)
+    with pytest.raises(_Crash):
+        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
+              progress=False)
+    saved = torch.load(tmp_path / "last.pt", weights_only=False)["task"]
+    assert any("projectors" in k for k in saved) and any("standardizers" in k for k in saved)
+    assert not any(k.startswith("unic.teachers") for k in saved)  # frozen teachers are not checkpointed
+    resumed = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed.last_metrics == straight.last_metrics
+
+
+def test_udon_plus_unic_keeps_every_udon_term_and_adds_unic(bench):
+    root, manifest, classes = bench
+    cfg = TrainConfig.model_validate({**CFG.model_dump(exclude={"loss"}), "method": "udon+unic",
+                                      "unic": {**SMALL_UNIC, "aux_weight": 0.5}, "steps": 2})
+    seen = []
+    train(_model(classes), root, manifest, SPEC, cfg, callback=lambda m, s: seen.append(m), progress=False)
+    last = seen[-1]
+    assert {"loss/teacher_ce", "loss/kl", "loss/relational", "loss/unic", "loss/udon"} <= set(last)
+    assert last["loss/total"] == pytest.approx(last["loss/udon"] + 0.5 * last["loss/unic"], rel=1e-5)
+
+
+def test_udon_offline_distils_specialists_trained_by_the_pipeline_recipe(bench, tmp_path):
+    root, manifest, classes = bench
+    folders = {}
+    for domain in SPEC.domain_names:  # one specialist per domain, saved as the training-model folder
+        config = TrainingConfig(model=TINY_MODEL, train=TrainConfig(method="specialist", domains=[domain], steps=2,
+                                                                    batch_size=4, device="cpu"))
+        specialist = run_training(build_model(config, manifest, SPEC), config, root, manifest, SPEC,
+                                  checkpoint_dir=None, progress=False)
+        folders[domain] = str(specialist.model.save(tmp_path / domain))
+    cfg = CFG.model_copy(update={"method": "udon-offline", "specialists": folders, "steps": 4,
+                                 "sampler": SamplerConfig(update_every=2, signal="loss/student_ce")})
+    seen = []
+    result = train(_model(classes), root, manifest, SPEC, cfg, callback=lambda m, s: seen.append(m), progress=False)
+    assert {"loss/student_ce", "loss/kl", "loss/relational"} <= set(seen[-1]) and "loss/teacher_ce" not in seen[-1]
+    assert result.steps == 4
+    assert TrainConfig.model_validate({"method": "udon-offline", "specialists": folders}).sampler.signal == (
+        "loss/student_ce")
+    with pytest.raises(ValueError, match=r"none for \['colors'\]"):
+        train(_model(classes), root, manifest, SPEC, cfg.model_copy(update={"specialists": {"shapes": folders["shapes"]}}),
+              progress=False)
+    with pytest.raises(ValueError, match="trained on \\['shapes'\\]"):
+        train(_model(classes), root, manifest, SPEC,
+              cfg.model_copy(update={"specialists": {"shapes": folders["shapes"], "colors": folders["shapes"]}}),
+              progress=False)
+
+
+def test_distillation_methods_say_what_they_are_missing():
+    with pytest.raises(ValueError, match="list them in unic.teachers"):
+        TrainConfig(method="unic")
+    with pytest.raises(ValueError, match="set specialists"):
+        TrainConfig(method="udon-offline")
