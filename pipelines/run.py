@@ -19,12 +19,14 @@ from pydantic import BaseModel, ValidationError
 
 from steps import dvc_store
 from steps.data_ingester import DataConfig
+from steps.expectations import ValidationConfig
 from steps.model_evaluator import EvalConfig
 from steps.model_registrar import RegistryConfig
 from udon_core.train import TrainingConfig
 
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {
-    "data": DataConfig, "training": TrainingConfig, "evaluation": EvalConfig, "registry": RegistryConfig,
+    "data": DataConfig, "validation": ValidationConfig, "training": TrainingConfig, "evaluation": EvalConfig,
+    "registry": RegistryConfig,
 }
 TRACKED_STEPS = ("model_trainer", "model_evaluator", "model_registrar")
 

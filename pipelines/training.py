@@ -6,6 +6,7 @@ from zenml import Model, pipeline
 
 from steps.data_ingester import DataConfig, data_ingester
 from steps.data_validator import data_validator
+from steps.expectations import ValidationConfig
 from steps.model_evaluator import EvalConfig, model_evaluator
 from steps.model_promoter import model_promoter
 from steps.model_registrar import RegistryConfig, model_registrar
@@ -25,15 +26,16 @@ def zenml_model(name: str = MODEL_NAME) -> Model:
 @pipeline(model=zenml_model())
 def training_pipeline(
     data: DataConfig,
+    validation: ValidationConfig,
     training: TrainingConfig,
     evaluation: EvalConfig,
     registry: RegistryConfig,
 ) -> None:
     """Train and register a universal embedding on a DVC-versioned, validated benchmark."""
     manifest, dataset = data_ingester(config=data)
-    validation, _ = data_validator(manifest=manifest, dataset=dataset)
+    validation_report, _ = data_validator(manifest=manifest, dataset=dataset, config=validation)
     model, untrained, training_model, train_summary = model_trainer(
-        manifest=manifest, dataset=dataset, validation=validation, config=training
+        manifest=manifest, dataset=dataset, validation=validation_report, config=training
     )
     metrics, *_ = model_evaluator(
         manifest=manifest, dataset=dataset, model=model, untrained=untrained, training_model=training_model,

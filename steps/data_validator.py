@@ -1,4 +1,5 @@
-"""Validate step: the Great Expectations suite over the manifest; critical failures stop the run here."""
+"""Validate step: Great Expectations suites over the manifest and the image files; critical failures stop the
+run here, warnings are recorded."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from zenml import log_metadata, save_artifact, step
 from zenml.types import HTMLString
 
 from steps.data_ingester import DatasetVersion
-from steps.expectations import ValidationReport, manifest_suite, report_html, run_suite
+from steps.expectations import ValidationConfig, ValidationReport, image_suite, manifest_suite, report_html, run_suite
+from udon_core.image_checks import inspect_images
 from udon_core.manifest_checks import annotate_manifest
+from udon_core.uned import IMAGES_DIR
 
 
 class DataValidationError(RuntimeError):
@@ -20,12 +23,17 @@ class DataValidationError(RuntimeError):
 
 @step
 def data_validator(
-    manifest: pd.DataFrame, dataset: DatasetVersion, check_files: bool = True
+    manifest: pd.DataFrame, dataset: DatasetVersion, config: ValidationConfig
 ) -> tuple[Annotated[ValidationReport, "validation_report"], Annotated[HTMLString, "validation_page"]]:
-    """Run the manifest suite; keep the report as artifacts; raise before training on a critical failure."""
-    root = Path(dataset.root) if check_files else None
-    frame = annotate_manifest(manifest, dataset.benchmark, root, dataset.classes)
-    report = run_suite(frame, manifest_suite(dataset.benchmark, dataset.classes, check_files=check_files))
+    """Run the manifest and image suites; keep the report as artifacts; raise before training on a critical
+    failure (the message names every failing row and file)."""
+    root = Path(dataset.root)
+    frame = annotate_manifest(manifest, dataset.benchmark, root if config.check_files else None, dataset.classes)
+    suites = [run_suite(frame, manifest_suite(dataset.benchmark, dataset.classes, config.check_files, config))]
+    if config.check_images:
+        images = inspect_images(manifest, root / IMAGES_DIR, config.image_sample, config.image_seed)
+        suites.append(run_suite(images, image_suite(dataset.benchmark, config)))
+    report = ValidationReport.combine(*suites)
     page = HTMLString(report_html(report))
     log_metadata(metadata={"validation_success": report.success, "expectations_evaluated": report.evaluated,
                            "critical_failures": len(report.critical_failures)})

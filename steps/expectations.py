@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from udon_core.benchmark import BenchmarkSpec
 
@@ -44,6 +44,12 @@ class ValidationReport(BaseModel):
     evaluated: int
     outcomes: list[ExpectationOutcome]
 
+    @classmethod
+    def combine(cls, *reports: "ValidationReport") -> "ValidationReport":
+        """Several suites' results as one report (the run stops if any critical expectation failed)."""
+        return cls(suite=" + ".join(r.suite for r in reports), success=all(r.success for r in reports),
+                   evaluated=sum(r.evaluated for r in reports), outcomes=[o for r in reports for o in r.outcomes])
+
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success and o.severity == "critical"]
@@ -75,7 +81,30 @@ def _critical(**meta: Any) -> dict:
     return {"severity": "critical", **meta}
 
 
-def manifest_suite(spec: BenchmarkSpec, classes: dict[str, int], check_files: bool = True):
+class ValidationConfig(BaseModel):
+    """What the data validator checks and how hard each finding is. Defaults check every image."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    check_files: bool = Field(default=True, description="every manifest path must exist (a stat per file)")
+    check_images: bool = Field(default=True, description="decode images and check their mode and size")
+    image_sample: int | None = Field(
+        default=None, ge=1, description="decode this many images (seeded sample); None = all of them"
+    )
+    image_seed: int = 0
+    min_image_size: int = Field(default=16, ge=1, description="smallest accepted width and height, in pixels")
+    accepted_modes: tuple[str, ...] = Field(
+        default=("RGB", "RGBA", "L", "LA", "P"), description="PIL modes the loader converts to RGB without surprises"
+    )
+    # why: NormFace CE learns a class from one image, but a train class with a single image is usually a
+    # labelling slip; UnED's long tails make this a warning, not a stop.
+    min_images_per_class: int = Field(default=2, ge=1, description="train images per class")
+    class_size_severity: Severity = "warning"
+    image_shape_severity: Severity = Field(default="warning", description="for the mode and minimum-size checks")
+
+
+def manifest_suite(spec: BenchmarkSpec, classes: dict[str, int], check_files: bool = True,
+                   config: ValidationConfig | None = None):
     """The expectation suite for an annotated manifest (see udon_core.manifest_checks.annotate_manifest)."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -100,10 +129,36 @@ def manifest_suite(spec: BenchmarkSpec, classes: dict[str, int], check_files: bo
                 row_condition=f'domain=="{name}" & is_train==True', condition_parser="pandas",
             )
         )
+    config = config or ValidationConfig()
+    exps.append(gxe.ExpectColumnValuesToBeBetween(
+        column="class_size", min_value=config.min_images_per_class, meta={"severity": config.class_size_severity},
+        row_condition="is_train==True", condition_parser="pandas"))
     if check_files:
         exps.append(gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True], meta=_critical()))
     exps.append(gxe.ExpectTableRowCountToBeBetween(min_value=1, meta={"severity": "warning"}))
     suite = gx.ExpectationSuite(name=f"{spec.name}-manifest")
+    for e in exps:
+        suite.add_expectation(e)
+    return suite
+
+
+def image_suite(spec: BenchmarkSpec, config: ValidationConfig):
+    """Expectations over ``udon_core.image_checks.inspect_images`` rows: decodes, mode, minimum size."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    _context()
+    present = {"row_condition": "exists==True", "condition_parser": "pandas"}
+    decoded = {"row_condition": "decodes==True", "condition_parser": "pandas"}
+    shape = {"severity": config.image_shape_severity}
+    exps = [
+        # the error column names what PIL said (truncated, not an image...); missing files are the manifest's
+        gxe.ExpectColumnValuesToBeNull(column="error", meta=_critical(), **present),
+        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=list(config.accepted_modes), meta=shape, **decoded),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=config.min_image_size, meta=shape, **decoded),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=config.min_image_size, meta=shape, **decoded),
+    ]
+    suite = gx.ExpectationSuite(name=f"{spec.name}-images")
     for e in exps:
         suite.add_expectation(e)
     return suite

@@ -40,7 +40,7 @@ def test_resolve_adds_the_data_version_and_validates(repo):
     md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
     assert doc["parameters"]["data"]["pinned_md5"] == md5
     assert doc["parameters"]["evaluation"]["split"] == "val"
-    assert set(doc["parameters"]) == {"data", "training", "evaluation", "registry"}
+    assert set(doc["parameters"]) == {"data", "validation", "training", "evaluation", "registry"}
     assert "data_ingester" not in doc.get("steps", {})
 
 

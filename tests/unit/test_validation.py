@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from steps.expectations import manifest_suite, report_html, run_suite
+from steps.expectations import ValidationConfig, image_suite, manifest_suite, report_html, run_suite
 from udon_core.benchmark import BenchmarkSpec, DomainSpec, EvalSet
 from udon_core.manifest_checks import annotate_manifest, count_positives, leaked_labels
 
@@ -96,3 +96,65 @@ def test_suite_has_one_range_rule_per_domain(check_files):
     conds = [e.row_condition for e in suite.expectations if getattr(e, "column", None) == "label_max"]
     assert len(conds) == 2
     assert any(getattr(e, "column", None) == "file_exists" for e in suite.expectations) == check_files
+
+
+def test_rare_train_classes_are_a_warning_by_default_and_can_stop_the_run(tmp_path):
+    m = manifest([r for r in ROWS if r[3] != "c/c.png"] + [("cars", "train", 2, "c/t2.png", [0])])
+    write_images(tmp_path, m)
+    frame = annotate_manifest(m, SPEC, tmp_path, CLASSES)
+    assert frame.loc[frame["path"] == "c/t2.png", "class_size"].item() == 2  # cars class 0: t0 and t2
+    report = run_suite(frame, manifest_suite(SPEC, CLASSES))
+    assert report.success  # warnings are recorded, not fatal
+    (rare,) = [o for o in report.outcomes if o.column == "class_size"]
+    assert rare.severity == "warning" and not rare.success
+    assert {r.path for r in rare.rows} == {"s/t0.png", "s/t1.png", "c/t1.png"}  # one image each
+    strict = ValidationConfig(class_size_severity="critical", min_images_per_class=1)
+    assert run_suite(frame, manifest_suite(SPEC, CLASSES, config=strict)).success  # 1 image is enough here
+    strict = ValidationConfig(class_size_severity="critical")
+    assert not run_suite(frame, manifest_suite(SPEC, CLASSES, config=strict)).success
+
+
+def _png(path, size=(32, 32), mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color=0).save(path)
+
+
+def test_image_suite_names_every_bad_file_with_its_reason(tmp_path):
+    from udon_core.image_checks import inspect_images
+
+    images = tmp_path / "images"
+    rows = [("cars", "train", i, f"c/{name}", [0]) for i, name in enumerate(
+        ["good.png", "truncated.png", "empty.png", "text.png", "cmyk.jpg", "tiny.png", "gone.png"])]
+    m = manifest(rows)
+    _png(images / "c/good.png")
+    _png(images / "c/truncated.png", size=(64, 64))
+    data = (images / "c/truncated.png").read_bytes()
+    (images / "c/truncated.png").write_bytes(data[: len(data) // 2])
+    (images / "c/empty.png").write_bytes(b"")
+    (images / "c/text.png").write_text("not an image")
+    _png(images / "c/cmyk.jpg", mode="CMYK")
+    _png(images / "c/tiny.png", size=(4, 40))
+    frame = inspect_images(m, images)
+    assert frame["exists"].tolist() == [True] * 6 + [False]
+    assert frame["decodes"].tolist() == [True, False, False, False, True, True, False]
+    report = run_suite(frame, image_suite(SPEC, ValidationConfig()))
+    assert not report.success
+    by_column = {o.column: o for o in report.outcomes if not o.success}
+    errors = {r.path: r.value for r in by_column["error"].rows}
+    assert set(errors) == {"c/truncated.png", "c/empty.png", "c/text.png"} and by_column["error"].severity == "critical"
+    assert "truncated" in errors["c/truncated.png"] and "cannot identify image file" in errors["c/text.png"]
+    assert [r.path for r in by_column["mode"].rows] == ["c/cmyk.jpg"] and by_column["mode"].severity == "warning"
+    assert [r.path for r in by_column["width"].rows] == ["c/tiny.png"] and "height" not in by_column
+    assert "cars/train.json row 1: c/truncated.png" in report.summary()
+
+
+def test_images_are_sampled_reproducibly_in_manifest_order(tmp_path):
+    from udon_core.image_checks import sample_rows
+
+    m = manifest()
+    assert sample_rows(m, None) is m and sample_rows(m, 100) is m
+    a, b = sample_rows(m, 5, seed=1), sample_rows(m, 5, seed=1)
+    assert a.index.tolist() == b.index.tolist() == sorted(a.index) and len(a) == 5
+    assert sample_rows(m, 5, seed=2).index.tolist() != a.index.tolist()
