@@ -39,7 +39,7 @@ def training_pipeline(
     )
     metrics, *_ = model_evaluator(
         manifest=manifest, dataset=dataset, model=model, untrained=untrained, training_model=training_model,
-        config=evaluation,
+        train_summary=train_summary, config=evaluation,
     )
     registration = model_registrar(model=model, training_model=training_model, metrics=metrics,
                                    train_summary=train_summary, dataset=dataset, config=registry)

@@ -40,7 +40,7 @@ class EvalConfig(BaseModel):
 @step(output_materializers={"test_embeddings": EmbeddingSetMaterializer})
 def model_evaluator(
     manifest: pd.DataFrame, dataset: DatasetVersion, model: EmbeddingModel, untrained: EmbeddingModel,
-    training_model: UdonModel, config: EvalConfig,
+    training_model: UdonModel, train_summary: dict[str, Any], config: EvalConfig,
 ) -> tuple[
     Annotated[dict[str, Any], "retrieval_metrics"],
     Annotated[dict[str, Any], "untrained_metrics"],
@@ -51,7 +51,8 @@ def model_evaluator(
 ]:
     """Score the models on the same split; the table and chart show them side by side.
 
-    ``oracle_teacher_metrics`` is empty when ``config.oracle_teacher`` is off.
+    ``oracle_teacher_metrics`` is empty when ``config.oracle_teacher`` is off or the method trains no teacher
+    heads (the baselines, specialists, unic, udon-offline); it covers the domains the model has heads for.
     """
     root, spec = Path(dataset.root), dataset.benchmark
     kw = dict(split=config.split, batch_size=config.batch_size, device=config.device)
@@ -59,14 +60,15 @@ def model_evaluator(
     trained = evaluate_embeddings(embeddings.vectors, manifest, spec, split=config.split, protocol=config.protocol)
     baseline = evaluate_model(untrained, root, manifest, spec, protocol=config.protocol, **kw)
     reports = {"untrained (step 0)": baseline, "trained": trained}
-    if config.oracle_teacher:
-        reports["oracle teacher"] = evaluate_oracle_teachers(training_model, root, manifest, spec, **kw)
+    if config.oracle_teacher and train_summary.get("trains_teacher_heads", True):
+        own = spec.restrict([d for d in spec.domain_names if d in training_model.domains])
+        reports["oracle teacher"] = evaluate_oracle_teachers(training_model, root, manifest, own, **kw)
     with tempfile.TemporaryDirectory() as tmp:
         chart = Image.open(plot_report(reports, Path(tmp) / "metrics.png"))
         chart.load()
     log_metadata(metadata={"mean_mmp_at_5": trained.mean_mmp_at_5, "mean_r_at_1": trained.mean_r_at_1,
                            "untrained_mean_mmp_at_5": baseline.mean_mmp_at_5}, infer_model=True)
-    oracle = reports["oracle teacher"].to_dict() if config.oracle_teacher else {}
+    oracle = reports["oracle teacher"].to_dict() if "oracle teacher" in reports else {}
     table = format_markdown(reports)
     log_evaluation({name: r.to_dict() for name, r in reports.items()}, table)
     return trained.to_dict(), baseline.to_dict(), oracle, embeddings, MarkdownString(table), chart

@@ -41,7 +41,8 @@ def model_trainer(
             checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
         )
     # why: with the train step cached, later runs register in new MLflow runs; this names the training curves' run.
-    summary = {**result.summary(), "mlflow_run_id": active_run_id() or "", "teachers": teachers}
+    summary = {**result.summary(), "mlflow_run_id": active_run_id() or "", "teachers": teachers,
+               "method": config.train.method, "trains_teacher_heads": config.train.trains_teacher_heads}
     log_metadata(metadata={"train": summary, "validation_passed": validation.success}, infer_model=True)
     log_metadata(metadata={"train": summary})
     return result.model.embedding_model(), untrained, result.model, summary

@@ -141,6 +141,11 @@ class TrainConfig(BaseModel):
                 merged[key] = value
         return merged
 
+    @property
+    def trains_teacher_heads(self) -> bool:
+        """Whether the online teacher heads learn (UDON); otherwise they stay at their random init."""
+        return self.method in ("udon", "udon+unic") and self.loss.teacher_ce_weight > 0
+
     @model_validator(mode="after")
     def _method_has_what_it_needs(self) -> "TrainConfig":
         if self.method == "specialist" and (self.domains is None or len(self.domains) != 1):

@@ -151,28 +151,45 @@ def test_cli_evaluates_and_embeds_with_the_registered_model(first_run, tiny_repo
     assert len(table["embedding"][0]) == 64
 
 
-def test_udon_offline_distils_specialists_named_by_zenml_artifact_and_registry_uri(first_run, tiny_repo, tmp_path):
+def test_specialists_are_distilled_by_unic_and_udon_offline_with_lineage_to_both(tiny_repo, tmp_path):
+    """Two tiny specialist runs, then one student per distillation method, each registered with its teachers."""
     from click.testing import CliRunner
     from zenml.client import Client
 
     from pipelines.cli import _attach_command_groups, cli
     from pipelines.run import run_training
 
-    _, outcome = first_run
-    trainer = Client().get_pipeline_run(outcome.run_name).steps["model_trainer"]
-    artifact = trainer.outputs["training_model"][0].id  # a universal model is a specialist for each domain
-    registered = f"models:/{outcome.registration['name']}/{outcome.registration['version']}"
-    refs = {"emoji": f"zenml:{artifact}", "glyphs": f"zenml:{artifact}", "animals": registered}
-    config = tiny_run_config(tiny_repo, tmp_path / "offline.yaml", training={
-        "model": {"backbone": {"name": "tf_efficientnet_lite0", "pretrained": "efficientnet-lite0-package"},
-                  "preprocess": {"image_size": 32}},
-        "train": {"method": "udon-offline", "specialists": refs, "steps": 4, "batch_size": 8, "frozen_steps": 2,
-                  "log_every": 1, "sampler": {"update_every": 2}}})
-    student = run_training(config)
-    assert student.status.endswith("completed")
+    def run(name, train, model=None):
+        sections = {"train": {"steps": 4, "batch_size": 8, "frozen_steps": 1, "log_every": 1, **train}}
+        if model:
+            sections["model"] = model
+        return run_training(tiny_run_config(tiny_repo, tmp_path / f"{name}.yaml", training=sections,
+                                            registry={"model_name": f"udon-{name}"}))
+
+    refs = {}
+    for domain in ("emoji", "glyphs"):
+        outcome = run(f"specialist-{domain}", {"method": "specialist", "domains": [domain]})
+        trainer = Client().get_pipeline_run(outcome.run_name).steps["model_trainer"]
+        refs[domain] = (f"zenml:{trainer.outputs['training_model'][0].id}",  # an artifact of the run
+                        f"models:/{outcome.registration['name']}/{outcome.registration['version']}")  # registered
+    students = {
+        "offline": run("offline", {"method": "udon-offline", "domains": ["emoji", "glyphs"],
+                                   "specialists": {"emoji": refs["emoji"][0], "glyphs": refs["glyphs"][1]},
+                                   "sampler": {"update_every": 2}}),
+        "unic": run("unic", {"method": "unic", "domains": ["emoji", "glyphs"],
+                             "unic": {"hidden_dim": 16, "last_hidden_dim": 32, "teachers": [
+                                 {"name": "emoji", "udon_model": refs["emoji"][1]},
+                                 {"name": "glyphs", "udon_model": refs["glyphs"][0]}]}},
+                    model={"backbone": {"name": "test_vit", "img_size": 32, "pretrained": None},
+                           "preprocess": {"image_size": 32}}),
+    }
     _attach_command_groups()
-    chain = CliRunner().invoke(cli, ["lineage", student.registration["version"], "--model",
-                                     student.registration["name"]])
-    assert chain.exit_code == 0, chain.output
-    assert "Frozen teachers" in chain.output and f"ref=zenml:{artifact}" in chain.output
-    assert f"ref={registered}" in chain.output and "artifact=udon_training_model" in chain.output
+    for method, student in students.items():
+        assert student.status.endswith("completed"), method
+        reg = student.registration
+        chain = CliRunner().invoke(cli, ["lineage", reg["version"], "--model", reg["name"]])
+        assert chain.exit_code == 0, chain.output
+        assert "Frozen teachers" in chain.output
+        for zenml_ref, registered in refs.values():  # each student names both teachers, by the ref it used
+            assert f"ref={zenml_ref}" in chain.output or f"ref={registered}" in chain.output, (method, chain.output)
+        assert "artifact=udon_training_model" in chain.output  # the registered specialist's every head
