@@ -22,15 +22,6 @@ STUDENT = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 TEACHER = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # why: the CI box has 2 shared cores; torch's 2 threads contend and tiny models run ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _normalised(pixels: torch.Tensor, norm: Normalization) -> torch.Tensor:
     mean, std = norm.tensors(pixels)
     return (pixels - mean) / std

@@ -39,15 +39,6 @@ TEACHERS = (
 SMALL = UnicConfig(teachers=TEACHERS, hidden_dim=16, last_hidden_dim=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # why: the CI box has 2 shared cores; torch's 2 threads contend and tiny models run ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _task(cfg: UnicConfig = SMALL, total_steps: int = 10) -> UnicTask:
     torch.manual_seed(0)
     model = UdonModel(STUDENT, {"a": 3, "b": 4})
