@@ -9,17 +9,19 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.integration.conftest import tiny_run_config
+from tests.integration.conftest import commit_data, tiny_run_config
 
 pytestmark = pytest.mark.slow
 MODEL = "udon-gate-test"
 
 
-def _run(repo, path, **gate):
+def _run(repo, path, steps=None, **gate):
     from pipelines.run import run_training
 
-    config = tiny_run_config(repo, path, registry={"model_name": MODEL, "gate": gate})
-    return run_training(config)
+    sections = {"registry": {"model_name": MODEL, "gate": gate}}
+    if steps is not None:
+        sections["training"] = {"train": {"steps": steps, "batch_size": 8, "frozen_steps": 0, "log_every": 1}}
+    return run_training(tiny_run_config(repo, path, **sections))
 
 
 def _standing(registry) -> dict[str, tuple[tuple[str, ...], str, str]]:
@@ -42,9 +44,10 @@ def registry(tiny_repo, tmp_path_factory):
     cfg = tmp_path_factory.mktemp("gate")
     first = _run(tiny_repo, cfg / "first.yaml")
     assert first.gate_verdict["decision"] == "promote"
-    second = _run(tiny_repo, cfg / "second.yaml", min_improvement=1.0)  # cannot beat the champion by 1.0
+    # a deliberately worse model: 1 step instead of 6; no domain may lose anything
+    second = _run(tiny_repo, cfg / "second.yaml", steps=1, max_domain_regression=0.0)
     assert second.gate_verdict["decision"] == "hold"
-    assert "model_trainer" in second.cached_steps and second.registration["version"] == "2"
+    assert second.registration["version"] == "2"
     ensure_local_stack()
     return ModelRegistry(MODEL, mlflow_tracking_uri()), second, cfg
 
@@ -61,21 +64,23 @@ def test_gate_promotes_the_first_model_and_holds_a_challenger(registry):
     assert _standing(reg) == {"2": (("challenger",), "staging", "staging"),
                               "1": (("champion",), "production", "production")}
     v2 = reg.version("2")
-    assert v2.tags["gate.verdict"] == "hold" and "improvement: mean mMP@5" in v2.tags["gate.reasons"]
-    assert second.gate_verdict["compared_with"] == "1"
+    assert v2.tags["gate.verdict"] == "hold" and second.gate_verdict["compared_with"] == "1"
+    regressions = [r for r in second.gate_verdict["reasons"] if r.startswith("regression:")]
+    assert regressions and all(" change -" in r and r.endswith("(FAIL)") for r in regressions)
     review = {f.path for f in reg.client.list_artifacts(v2.run_id, "review")}
     assert review == {"review/promotion_review.md", "review/promotion_review.html"}
     text = reg.run_text("2", "review/promotion_review.md")
     assert "Gate verdict: HOLD" in text and "champion v1" in text and "data.dvc_md5" in text
+    assert all(f"- {r}" in text for r in regressions)  # each regressed domain, metric and by how much
 
 
 def test_promote_and_rollback_keep_mlflow_and_zenml_in_step(registry):
     reg, _, _ = registry
-    result = _cli("promote", "2", "--reason", "reviewed: glyphs matter more", "--model", MODEL)
+    result = _cli("promote", "2", "--reason", "reviewed: faster to train", "--model", MODEL)
     assert result.exit_code == 0, result.output
     assert _standing(reg) == {"2": (("champion",), "production", "production"),
                               "1": ((), "archived", "archived")}
-    assert reg.version("2").tags["udon.promotion_reason"] == "reviewed: glyphs matter more"
+    assert reg.version("2").tags["udon.promotion_reason"] == "reviewed: faster to train"
     result = _cli("rollback", "--reason", "latency regression", "--model", MODEL)
     assert result.exit_code == 0 and "version 1 is the champion again; version 2 archived" in result.output
     assert _standing(reg) == {"2": ((), "archived", "archived"), "1": (("champion",), "production", "production")}
@@ -111,12 +116,35 @@ def test_retrain_runs_only_when_the_data_changed(registry, tiny_repo):
     assert "data unchanged" in result.output
     assert json.loads((cfg / "ci.json").read_text()) == {"ran": False, "data_md5": reg.version("1").tags[
         "data.dvc_md5"], "champion": "1"}
+    # one image changes: the DVC hash differs, so the same command trains and registers a new version
+    changed = _copy_repo(tiny_repo, cfg / "changed-repo")
+    image = next((changed / "data" / "images").rglob("*.png"))
+    from PIL import Image
+
+    with Image.open(image) as im:
+        im.rotate(90).save(image)
+    commit_data(changed, "rotate one image")
+    config = tiny_run_config(changed, cfg / "changed.yaml", registry={"model_name": MODEL})
+    result = _cli("retrain", "--config", str(config), "--if-data-changed", "--report", str(cfg / "ci2.json"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((cfg / "ci2.json").read_text())
+    assert report["ran"] and report["data_md5"] != reg.version("1").tags["data.dvc_md5"]
+    assert reg.version(report["version"]).tags["data.dvc_md5"] == report["data_md5"]
 
 
 def test_a_model_below_the_floors_is_rejected_and_gets_no_alias(registry, tiny_repo):
     reg, _, cfg = registry
+    champion = reg.champion().version
     outcome = _run(tiny_repo, cfg / "floors.yaml", min_mmp_at_5=0.99)
     assert outcome.gate_verdict["decision"] == "reject"
     version = outcome.registration["version"]
     assert reg.version(version).aliases == () and reg.version(version).tags["gate.verdict"] == "reject"
-    assert reg.champion().version == "1"
+    assert reg.champion().version == champion  # a rejected model never displaces the champion
+
+
+def _copy_repo(repo, dest):
+    """A copy of the tiny repo (git, DVC cache and remote config included) to change without touching others."""
+    import shutil
+
+    shutil.copytree(repo, dest)
+    return dest

@@ -109,14 +109,24 @@ def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
     shutil.copytree(tiny_repo, repo)
     info = repo / "data" / "info_files" / "animals" / "train.json"
     items = json.loads(info.read_text())
-    items[3]["class_id"] = 999
+    items[3]["class_id"] = 999                                          # out of range
     info.write_text(json.dumps(items))
-    (repo / "data" / "images" / items[5]["path"]).unlink()
-    commit_data(repo, "corrupt two rows")
+    (repo / "data" / "images" / items[5]["path"]).unlink()             # missing
+    truncated = repo / "data" / "images" / items[7]["path"]
+    truncated.write_bytes(truncated.read_bytes()[:100])                 # truncated
+    queries = repo / "data" / "info_files" / "emoji" / "test.json"
+    test_items = json.loads(queries.read_text())
+    test_items[0]["class_id"] = 12345                                   # a query no index image shares
+    queries.write_text(json.dumps(test_items))
+    commit_data(repo, "corrupt four rows")
     config = tiny_run_config(repo, tmp_path / "run.yaml")
     with pytest.raises(PipelineRunError, match="animals/train.json row 3") as err:
         run_training(config)
-    assert items[5]["path"] in str(err.value) and "step 'data_validator' failed" in str(err.value)
+    message = str(err.value)
+    assert "step 'data_validator' failed" in message
+    assert f"animals/train.json row 5: {items[5]['path']}" in message
+    assert f"animals/train.json row 7: {items[7]['path']}" in message and "truncated" in message
+    assert f"emoji/test.json row 0: {test_items[0]['path']}" in message and "n_positives" in message
     last = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
     assert "model_trainer" not in {name for name, s in last.steps.items() if str(s.status).endswith("completed")}
 
