@@ -140,7 +140,7 @@ DEMO = BenchmarkSpec(
             evals={"val": _same("val"), "test": _same("test")},
             # why: the classes are the 62 characters; what is held out are the fonts, not the characters.
             classes_disjoint=False,
-            source="matplotlib's and fontpkg-* fonts (OFL-1.1 or Apache-2.0, Bitstream Vera, STIX, BaKoMa)",
+            source="matplotlib's and fontpkg-* fonts (OFL-1.1, Bitstream Vera, STIX, BaKoMa)",
         ),
         DomainSpec(
             name="animals",
