@@ -93,3 +93,17 @@ def test_the_builder_refuses_a_query_without_a_positive():
              "test": [ImageRecord("a/3.png", (2,))]}
     with pytest.raises(ValueError, match="demo animals/test: query a/3.png has no relevant index image"):
         demo._check_positives("animals", files)
+
+
+def test_the_demo_spec_still_serialises_to_the_pinned_benchmark_json(tmp_path):
+    """benchmark.json is part of the DVC-pinned demo data: rewording the DEMO spec changes the data hash, and a
+    fresh clone's rebuild would no longer match data.dvc. Change the spec and re-pin the data together."""
+    import hashlib
+
+    from udon_core.benchmark import DEMO, save_benchmark_spec
+
+    counts = {"emoji": 830, "glyphs": 62, "animals": 10}  # what the pinned build recorded
+    built = DEMO.model_copy(update={"domains": tuple(d.model_copy(update={"num_train_classes": counts[d.name]})
+                                                     for d in DEMO.domains)})
+    digest = hashlib.md5(save_benchmark_spec(built, tmp_path).read_bytes()).hexdigest()
+    assert digest == "f8a6b898a0e66bd220739814cb23b6a3", "the demo spec changed: rebuild the demo data and re-pin data.dvc"
