@@ -31,9 +31,11 @@ def _signature(model: EmbeddingModel, size: int):
     from mlflow.types import Schema, TensorSpec
 
     dim = model.config.student_dim
+    # why unnamed: MLflow turns input for a *named* tensor spec into {name: array}, which the PyTorch pyfunc
+    # rejects, so `pyfunc.load_model(...).predict` and `mlflow models serve` would fail on every request.
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size), name="images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim), name="embeddings")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
     )
 
 

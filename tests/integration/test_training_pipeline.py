@@ -55,6 +55,13 @@ def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
 
     out = embedder(torch.zeros(3, 3, 32, 32))
     assert out.shape == (3, 64)
+    # The generic pyfunc (what `mlflow models serve` runs) takes an image array, as the signature says.
+    import numpy as np
+
+    served = mlflow.pyfunc.load_model(reg["model_uri"])
+    assert served.metadata.get_input_schema().inputs[0].shape == (-1, 3, 32, 32)
+    vectors = served.predict(np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32))
+    assert vectors.shape == (2, 64) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
     # ZenML: the model version's model artifact leads back, through the train step, to the DVC hash.
     client = Client()
