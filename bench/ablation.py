@@ -3,7 +3,7 @@ scored the same way.
 
     python bench/ablation.py --config zenml.yaml --data data --methods udon uscrr ujcrr specialist
     python bench/ablation.py --config zenml.yaml --data data --methods udon udon-offline unic udon+unic \\
-        --set model.backbone.name=vit_small_patch16_224 --set model.backbone.pretrained=null \\
+        --set model.backbone.name=vit_tiny_patch16_224 --set model.backbone.pretrained=null \\
         --set model.backbone.img_size=64 --out bench/out/distillation.json
 
 Every method starts from the run file's model and training settings (the demo: EfficientNet-Lite0 at 64 px,
