@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from udon_core.benchmark import BenchmarkSpec, resolve_benchmark_spec
 from udon_core.evaluation import embed_split
 from udon_core.report import format_comparison
 from udon_core.retrieval import RetrievalReport, evaluate_embeddings
-from udon_core.train import TrainingConfig, build_model, load_run_file, run_training
+from udon_core.train import TrainingConfig, apply_overrides, build_model, load_run_file, run_training
 from udon_core.uned import read_manifest
 
 UNIVERSAL = ("udon", "uscrr", "uscds", "ujcrr", "ujcds", "udon-offline", "unic", "udon+unic")
@@ -65,18 +64,6 @@ def _scores(model, root: Path, manifest, spec: BenchmarkSpec, protocols: tuple[s
     return {p: evaluate_embeddings(vectors, manifest, spec, protocol=p) for p in protocols}
 
 
-def _apply_sets(config: TrainingConfig, sets: list[str]) -> TrainingConfig:
-    doc = config.model_dump(mode="json")
-    for item in sets:
-        key, _, value = item.partition("=")
-        node = doc
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = yaml.safe_load(value)
-    return TrainingConfig.model_validate(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="zenml.yaml", type=Path, help="run file (training section)")
@@ -89,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     config, benchmark = load_run_file(args.config)
-    config = _apply_sets(config, args.sets)
+    config = apply_overrides(config, args.sets)
     root = args.data
     spec = resolve_benchmark_spec(benchmark, root)
     manifest = read_manifest(root, spec)

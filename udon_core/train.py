@@ -139,7 +139,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _apply_overrides(config: TrainingConfig, overrides: Sequence[str]) -> TrainingConfig:
+def apply_overrides(config: TrainingConfig, overrides: Sequence[str]) -> TrainingConfig:
+    """``config`` with each ``KEY=VALUE`` (a dotted field path and a YAML value) applied.
+
+    Only the fields the run file or an override sets count as set, so a method preset still fills the rest
+    (``--set train.method=uscrr`` gets the baseline's head group and classifier, not UDON's defaults).
+    """
     data: dict[str, Any] = config.model_dump(exclude_unset=True)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -162,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {os.environ.get('RANK', 0)}: %(message)s")
     try:
         config, benchmark = load_run_file(args.config)
-        config = _apply_overrides(config, args.overrides)
+        config = apply_overrides(config, args.overrides)
         data = args.data or os.environ.get(DATA_ENV)
         if not data:
             raise RunFileError(f"no benchmark folder: pass --data or set {DATA_ENV}")

@@ -108,3 +108,15 @@ def test_the_ci_workflow_calls_retrain_with_options_that_exist():
     ctx = retrain_cmd.make_context("retrain", args)  # raises on an option the command does not have
     assert ctx.params["if_data_changed"] and str(ctx.params["config_path"]) == "configs/uned.yaml"
     assert f'"$code" -ne {EXIT_UNCHANGED}' in script
+
+
+def test_pod_overrides_leave_what_they_do_not_name_to_the_method_preset():
+    from udon_core.train import RunFileError, TrainingConfig, apply_overrides
+
+    config = TrainingConfig.model_validate({"train": {"steps": 20}})
+    joint = apply_overrides(config, ["train.method=ujcrr", "model.backbone.img_size=64"]).train
+    assert (joint.student_classifier, joint.student_head_group, joint.loss.kl_weight) == ("joint", "backbone", 0.0)
+    assert joint.steps == 20  # set by the run file, so the preset's 7 epochs do not replace it
+    assert apply_overrides(config, ["train.method=udon"]).train.student_head_group == "heads"
+    with pytest.raises(RunFileError, match="expected KEY=VALUE"):
+        apply_overrides(config, ["train.steps"])
