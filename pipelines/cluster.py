@@ -29,6 +29,8 @@ import yaml
 from kubernetes import client as k8s
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from udon_core.overrides import deep_merge
+
 if TYPE_CHECKING:
     from zenml.config import DockerSettings
     from zenml.integrations.kubernetes.flavors import KubernetesStepOperatorSettings
@@ -244,14 +246,6 @@ class ClusterConfig(BaseModel):
         return f"{self.checkpoint_path}/{job_name or self.job_name}"
 
 
-def _deep_merge(base: dict, override: Mapping) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) \
-            else value
-    return out
-
-
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
     """A YAML file that must hold a mapping (an empty file is an empty mapping); errors name the file."""
     path = Path(path)
@@ -285,7 +279,7 @@ def load_cluster_config(path: str | Path, *overlays: str | Path) -> ClusterConfi
     files = [Path(path), *map(Path, overlays)]
     merged: dict = {}
     for file in files:
-        merged = _deep_merge(merged, read_yaml_mapping(file, "cluster configuration"))
+        merged = deep_merge(merged, read_yaml_mapping(file, "cluster configuration"))
     try:
         return ClusterConfig.model_validate(merged)
     except ValidationError as err:

@@ -6,7 +6,6 @@ runs anything, and so that the CLI and the tests share one way of running it.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import tempfile
@@ -22,6 +21,8 @@ from steps.data_ingester import DataConfig
 from steps.expectations import ValidationConfig
 from steps.model_evaluator import EvalConfig
 from steps.model_registrar import RegistryConfig
+from udon_core import overrides
+from udon_core.overrides import deep_merge
 from udon_core.train import TrainingConfig
 
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {
@@ -70,23 +71,12 @@ class RunOutcome:
     dataset_md5: str
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` merged into a copy of ``base``, nested dicts merged key by key."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def parse_override(text: str) -> dict:
     """``"training.train.steps=10"`` -> ``{"training": {"train": {"steps": 10}}}`` (value parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key.path=value")
-    key, value = text.split("=", 1)
-    tree: Any = yaml.safe_load(value) if value else None
-    for part in reversed(key.strip().split(".")):
-        tree = {part: tree}
-    return tree
+    try:
+        return overrides.parse_override(text)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _validate_parameters(params: dict, source: str) -> dict[str, BaseModel]:

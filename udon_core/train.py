@@ -31,6 +31,7 @@ from udon_core.benchmark import BenchmarkSpec, resolve_benchmark_spec
 from udon_core.distributed import current_context
 from udon_core.evaluation import evaluate_model
 from udon_core.model import EmbeddingModel, ModelConfig, UdonModel
+from udon_core.overrides import deep_merge, parse_override
 from udon_core.trainer import CHECKPOINT_FILE, TrainConfig, TrainResult, train
 from udon_core.uned import num_train_classes, read_manifest
 
@@ -147,14 +148,10 @@ def apply_overrides(config: TrainingConfig, overrides: Sequence[str]) -> Trainin
     """
     data: dict[str, Any] = config.model_dump(exclude_unset=True)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RunFileError(f"--set {item!r}: expected KEY=VALUE")
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        try:
+            data = deep_merge(data, parse_override(item))
+        except ValueError as err:
+            raise RunFileError(f"--set {item!r}: expected KEY=VALUE") from err
     try:
         return TrainingConfig.model_validate(data)
     except ValidationError as err:
