@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -19,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from udon_core.backbone import BackboneConfig, create_backbone
+from udon_core.checkpoint import file_sha256
+from udon_core.errors import CheckpointError
 from udon_core.transforms import Preprocess
 
+log = logging.getLogger(__name__)
 EXPORT_FORMAT = "udon-embedding/1"
 TRAINING_FORMAT = "udon-training-model/1"  # every head: what the oracle-teacher evaluation needs
 WEIGHTS_FILE = "model.safetensors"
@@ -45,24 +50,62 @@ def _write_folder(module: nn.Module, directory: str | Path, sidecar: dict) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE))
-    (out / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
+    # The sidecar is written last and carries the weights' digest: a folder whose weights were damaged or
+    # swapped after export is refused on load.
+    sidecar = {**sidecar, "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
+    tmp = out / (SIDECAR_FILE + ".tmp")
+    tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out / SIDECAR_FILE)
     return out
 
 
 def _read_sidecar(directory: str | Path, expected: str) -> dict:
-    path = Path(directory)
-    if not (path / SIDECAR_FILE).is_file():
-        raise ValueError(f"{path}: not a saved udon model (no {SIDECAR_FILE})")
-    sidecar = json.loads((path / SIDECAR_FILE).read_text())
+    sidecar = _sidecar(directory)
     if sidecar.get("format") != expected:
-        raise ValueError(f"{path / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}, expected {expected}")
+        raise CheckpointError(f"{Path(directory) / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}, "
+                              f"expected {expected}")
     return sidecar
 
 
-def _load_weights(module: nn.Module, directory: str | Path) -> None:
+def _sidecar(directory: str | Path) -> dict:
+    path = Path(directory) / SIDECAR_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a saved udon model (no {SIDECAR_FILE})")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(sidecar, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(sidecar).__name__}")
+    return sidecar
+
+
+def _load_weights(module: nn.Module, directory: str | Path, sidecar: dict) -> None:
+    """Load ``model.safetensors`` strictly, after checking it against the digest in the sidecar."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    module.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)), strict=True)
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    expected = sidecar.get("weights_sha256")
+    if expected is None:
+        # why: folders exported before digests existed stay loadable; they only lose the corruption check.
+        log.warning("%s has no weights_sha256: loading %s without an integrity check", SIDECAR_FILE, path)
+    elif (actual := file_sha256(path)) != expected:
+        raise CheckpointError(f"{path}: content does not match weights_sha256 in {SIDECAR_FILE} (expected "
+                              f"{expected[:12]}..., found {actual[:12]}...): the file is damaged or was replaced")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes)")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the architecture in {SIDECAR_FILE} "
+                              f"({str(err).splitlines()[0]})") from err
 
 
 def _without_download(cfg: ModelConfig) -> ModelConfig:
@@ -155,7 +198,7 @@ class UdonModel(nn.Module):
         config = ModelConfig.model_validate(sidecar["config"])
         model = cls(_without_download(config), {d: int(n) for d, n in sidecar["classes"].items()})
         model.config = config
-        _load_weights(model, directory)
+        _load_weights(model, directory, sidecar)
         return model.to(map_location).eval()
 
 
@@ -183,21 +226,14 @@ class EmbeddingModel(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "EmbeddingModel":
         """Rebuild from the sidecar (no weights download) and load the weights strictly."""
-        model = cls(ModelConfig.model_validate(_read_sidecar(directory, EXPORT_FORMAT)["config"]))
-        _load_weights(model, directory)
+        sidecar = _read_sidecar(directory, EXPORT_FORMAT)
+        model = cls(ModelConfig.model_validate(sidecar["config"]))
+        _load_weights(model, directory, sidecar)
         return model.to(map_location).eval()
 
 
 def load_embedding_model(directory: str | Path, map_location: str = "cpu") -> EmbeddingModel:
     """The deployable model from an exported folder, or from a training-model folder (its student part)."""
-    fmt = _read_sidecar_format(directory)
-    if fmt == TRAINING_FORMAT:
+    if _sidecar(directory).get("format") == TRAINING_FORMAT:
         return UdonModel.load(directory, map_location).embedding_model()
     return EmbeddingModel.load(directory, map_location)
-
-
-def _read_sidecar_format(directory: str | Path) -> str | None:
-    path = Path(directory) / SIDECAR_FILE
-    if not path.is_file():
-        raise ValueError(f"{directory}: not a saved udon model (no {SIDECAR_FILE})")
-    return json.loads(path.read_text()).get("format")

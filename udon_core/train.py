@@ -32,7 +32,8 @@ from udon_core.distributed import current_context
 from udon_core.evaluation import evaluate_model
 from udon_core.model import EmbeddingModel, ModelConfig, UdonModel
 from udon_core.overrides import deep_merge, parse_override
-from udon_core.trainer import CHECKPOINT_FILE, TrainConfig, TrainResult, train
+from udon_core.checkpoint import checkpoint_files
+from udon_core.trainer import TrainConfig, TrainResult, train
 from udon_core.uned import num_train_classes, read_manifest
 
 DATA_ENV, CHECKPOINT_ENV = "UDON_DATA_ROOT", "UDON_CHECKPOINT_DIR"
@@ -51,7 +52,7 @@ class TrainingConfig(BaseModel):
         default=None, description="steps between kNN validations on the merged val split (None: no validation)"
     )
     checkpoint_dir: str | None = Field(
-        default=None, description="where last.pt is kept; a restarted run resumes from it (None: no checkpoints)"
+        default=None, description="where checkpoints are kept (the last two, hashed); a restarted run resumes from the newest (None: no checkpoints)"
     )
 
 
@@ -121,8 +122,8 @@ def _checkpoint_dir(arg: str | None, config: TrainingConfig, resume: Literal["au
         raise RunFileError(f"no checkpoint folder: pass --checkpoint-dir, set {CHECKPOINT_ENV} "
                            "or training.checkpoint_dir (a restarted pod resumes from it)")
     folder = Path(value)
-    if resume == "never" and (folder / CHECKPOINT_FILE).exists():
-        raise RunFileError(f"{folder / CHECKPOINT_FILE} exists and --resume never was given: "
+    if resume == "never" and (existing := checkpoint_files(folder)):
+        raise RunFileError(f"{existing[0]} exists and --resume never was given: "
                            "use --resume auto to continue that run, or another folder")
     return folder
 
@@ -131,9 +132,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m udon_core.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="run configuration YAML (training section)")
     parser.add_argument("--data", help=f"benchmark folder (UnED layout) [env {DATA_ENV}]")
-    parser.add_argument("--checkpoint-dir", help=f"shared folder for last.pt and the export [env {CHECKPOINT_ENV}]")
+    parser.add_argument("--checkpoint-dir", help=f"shared folder for the checkpoints and the export [env {CHECKPOINT_ENV}]")
     parser.add_argument("--resume", choices=("auto", "never"), default="auto",
-                        help="auto: continue from last.pt when present; never: refuse an existing run")
+                        help="auto: continue from the newest checkpoint when present; never: refuse an existing run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training field, e.g. --set train.steps=100 (YAML value; repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs stay readable)")

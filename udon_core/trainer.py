@@ -28,10 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from udon_core.benchmark import BenchmarkSpec
+from udon_core.checkpoint import load_latest, save_checkpoint
 from udon_core.device import resolve_device
 from udon_core.distributed import (
     DistContext, broadcast_from_main, check_ranks_agree, init_distributed, mean_over_ranks, shard_size,
 )
+from udon_core.errors import CheckpointError
 from udon_core.domain_loader import DomainStream, stream_seed
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
@@ -68,8 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # No online teacher CE exists: the dynamic sampler follows the student's CE (the official alternative).
     "udon-offline": {"sampler": {"signal": "loss/student_ce"}},
 }
-CHECKPOINT_FILE = "last.pt"
-CHECKPOINT_FORMAT = "udon-train-checkpoint/2"
+CHECKPOINT_FORMAT = "udon-train-checkpoint/3"  # /3: tensors and plain values only (weights_only loads)
 
 
 class TrainConfig(BaseModel):
@@ -188,26 +189,27 @@ def learning_rates(step: int, cfg: TrainConfig) -> dict[str, float]:
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain Python values (what a weights_only load accepts)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -242,7 +244,8 @@ class _Loop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
+            raise CheckpointError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r}); "
+                                  "move the folder away to start again")
         self.task.load_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -391,7 +394,7 @@ def _determinism(enabled: bool) -> Iterator[None]:
 def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig, *,
           callback: MetricsCallback | None = None, validate: Validator | None = None,
           validate_every: int | None = None, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` for ``cfg.steps`` steps, resuming from ``checkpoint_dir/last.pt`` when it exists.
+    """Train ``model`` for ``cfg.steps`` steps, resuming from the newest checkpoint in ``checkpoint_dir``.
 
     Args:
         model: the model to train, in place; its ``domains`` name the benchmark domains it trains on.
@@ -399,7 +402,8 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
         callback: receives ``(metrics, step)`` every ``log_every`` steps, at validations and at the end.
         validate: scores a copy of the deployable model (higher is better); run every ``validate_every``
             steps and at the end. The best state is kept and returned, as the official best checkpoint.
-        checkpoint_dir: where ``last.pt`` is written atomically; a later call resumes from it.
+        checkpoint_dir: where checkpoints are written (udon_core/checkpoint.py: atomic, hashed, the last two
+            kept); a later call resumes from the newest one that verifies.
 
     Under ``torchrun`` (WORLD_SIZE > 1) this joins the process group (NCCL on CUDA, gloo on CPU) and trains
     data-parallel: each rank loads its slice of every global batch of ``cfg.batch_size``, gradients are
@@ -413,13 +417,12 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
     ctx = init_distributed(device)
     device = ctx.device(device)
     loop = _build_loop(model.to(device), Path(root), manifest, spec, cfg, device, ctx)
-    last = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
-    if last is not None and last.is_file():
-        # weights_only=False: the checkpoint holds python/numpy RNG states. Tensors load to the CPU first;
-        # load_state_dict copies them onto the model's and optimiser's devices.
-        loop.load_state_dict(torch.load(last, map_location="cpu", weights_only=False))
+    resumed = load_latest(Path(checkpoint_dir)) if checkpoint_dir else None
+    if resumed is not None:
+        # Tensors load to the CPU; load_state_dict copies them onto the model's and optimiser's devices.
+        loop.load_state_dict(resumed[1])
         if ctx.is_main:
-            log.info("resumed from %s at step %d of %d", last, loop.step, cfg.steps)
+            log.info("resumed from %s at step %d of %d", resumed[0], loop.step, cfg.steps)
     set_train_mode(loop.task, cfg.freeze_norm_stats)
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
@@ -440,8 +443,8 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
                 if callback is not None:
                     callback(metrics, loop.step)
             due = loop.step % cfg.checkpoint_every == 0 or loop.step == cfg.steps
-            if last is not None and ctx.is_main and due:
-                save_checkpoint(last, loop.state_dict())
+            if checkpoint_dir is not None and ctx.is_main and due:
+                save_checkpoint(Path(checkpoint_dir), loop.step, loop.state_dict())
     check_ranks_agree(model, ctx)
     if ctx.enabled and ctx.is_main:
         log.info("all %d ranks hold identical weights after step %d", ctx.world_size, loop.step)

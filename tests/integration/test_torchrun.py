@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
 from udon_core.benchmark import save_benchmark_spec
+from udon_core.checkpoint import checkpoint_files
 from udon_core.train import EXPORT_DIR, main
 
 pytestmark = pytest.mark.slow
@@ -106,7 +107,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_to_the_same_weights(run_
     killed_at = None
     deadline = time.monotonic() + 180
     while killed_at is None and launcher.poll() is None and time.monotonic() < deadline:
-        if (tmp_path / "last.pt").exists() and (pid := _rank_pid(psutil.Process(launcher.pid), 1)):
+        if checkpoint_files(tmp_path) and (pid := _rank_pid(psutil.Process(launcher.pid), 1)):
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
         time.sleep(0.02)
@@ -127,7 +128,7 @@ def test_the_entry_point_names_what_is_missing(run_file, tmp_path, monkeypatch, 
     monkeypatch.delenv("UDON_CHECKPOINT_DIR", raising=False)
     assert main(["--config", str(path), "--checkpoint-dir", str(tmp_path)]) == 2
     assert "UDON_DATA_ROOT" in capsys.readouterr().err
-    (tmp_path / "last.pt").write_bytes(b"")
+    (tmp_path / "checkpoint-000000001.pt").write_bytes(b"")
     assert main(["--config", str(path), "--data", str(root), "--checkpoint-dir", str(tmp_path),
                  "--resume", "never"]) == 2
     assert "--resume auto" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
+from udon_core.checkpoint import checkpoint_files, load_checkpoint
 from udon_core.domain_loader import DomainStream
 from udon_core.model import UdonModel
 from udon_core.task import UdonTask
@@ -144,8 +145,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(bench, tmp_path):
     with pytest.raises(_Crash):  # dies after step 5, whose checkpoint is never written: resume from step 4
         train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
               progress=False)
-    assert (tmp_path / "last.pt").is_file() and not list(tmp_path.glob("*.tmp"))
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 4
+    # the last two checkpoints are kept, each with its digest, and nothing half-written
+    assert [p.name for p in checkpoint_files(tmp_path)] == ["checkpoint-000000004.pt", "checkpoint-000000002.pt"]
+    assert not list(tmp_path.glob("*.tmp")) and all(p.with_name(p.name + ".sha256").is_file()
+                                                    for p in checkpoint_files(tmp_path))
+    assert load_checkpoint(checkpoint_files(tmp_path)[0])["step"] == 4
     # a fresh process rebuilds the model from its config: another init, the same result once loaded
     torch.manual_seed(123)
     resumed = train(UdonModel(TINY_MODEL, classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
@@ -235,7 +239,7 @@ def test_a_compiled_backbone_trains_and_checkpoints_under_the_same_names(bench, 
     cfg = CFG.model_copy(update={"steps": 2, "compile": True, "compile_backend": "eager"})
     result = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
     assert math.isfinite(result.last_metrics["loss/total"])
-    assert set(torch.load(tmp_path / "last.pt", weights_only=False)["task"]) == {f"model.{n}" for n in names}
+    assert set(load_checkpoint(checkpoint_files(tmp_path)[0])["task"]) == {f"model.{n}" for n in names}
 
 
 @pytest.mark.gpu
@@ -269,7 +273,7 @@ def test_unic_run_resumes_exactly_with_its_projectors_and_teacher_statistics(ben
     with pytest.raises(_Crash):
         train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
               progress=False)
-    saved = torch.load(tmp_path / "last.pt", weights_only=False)["task"]
+    saved = load_checkpoint(checkpoint_files(tmp_path)[0])["task"]
     assert any("projectors" in k for k in saved) and any("standardizers" in k for k in saved)
     assert not any(k.startswith("unic.teachers") for k in saved)  # frozen teachers are not checkpointed
     resumed = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
