@@ -14,7 +14,7 @@ So the image, the resources and the mounts of a ZenML run and of a manifest run 
 
 Restart semantics: every manifest container runs ``torchrun ... -m udon_core.train --config <file> --resume
 auto`` with ``UDON_CHECKPOINT_DIR=<checkpoint_path>/<job name>`` on the shared volume; a restarted pod (Job
-backoff, PyTorchJob ``OnFailure``) resumes from ``last.pt`` there. Same job name = same run = resume.
+backoff, PyTorchJob ``OnFailure``) resumes from the newest verified checkpoint there. Same job name = same run = resume.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import yaml
 from kubernetes import client as k8s
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.pod_security import pod_specs, restricted_violations
 from udon_core.overrides import deep_merge
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class ClusterConfig(BaseModel):
     data_dir: str = Field(default="/mnt/udon/data", description="the benchmark folder (UnED layout), UDON_DATA_ROOT")
     checkpoint_path: str = Field(
         default="/mnt/udon/checkpoints",
-        description="checkpoints go to <checkpoint_path>/<job name>/last.pt, on the volume so restarts resume",
+        description="checkpoints go to <checkpoint_path>/<job name>/checkpoint-<step>.pt, on the volume so restarts resume",
     )
     # --- run
     job_name: str = Field(default="udon-train", max_length=40, description="Job / PyTorchJob name (also the run id)")
@@ -242,7 +243,7 @@ class ClusterConfig(BaseModel):
         return self
 
     def checkpoint_dir(self, job_name: str | None = None) -> str:
-        """Where a manifest run keeps last.pt: one folder per job name, so the same name resumes."""
+        """Where a manifest run keeps its checkpoints: one folder per job name, so the same name resumes."""
         return f"{self.checkpoint_path}/{job_name or self.job_name}"
 
 
@@ -465,7 +466,7 @@ def _pytorch_job(cfg: ClusterConfig, job_name: str, nodes: int, gpus: int, annot
     def replica(count: int) -> KubeflowOrgV1ReplicaSpec:
         container = _container(cfg, parts, PYTORCHJOB_CONTAINER, args, ports=[port])
         # why: OnFailure restarts a failed container in place; the other ranks then fail their collectives,
-        # restart too, and every rank resumes from the same last.pt.
+        # restart too, and every rank resumes from the same checkpoint.
         return KubeflowOrgV1ReplicaSpec(replicas=count, restart_policy="OnFailure",
                                         template=_pod_template(cfg, parts, container, "OnFailure", labels))
 
@@ -653,7 +654,8 @@ def validate_manifests(manifests: Mapping[str, dict] | Iterable[dict], versions:
                        gpu_resource: str = "nvidia.com/gpu") -> None:
     """Check every manifest: built-in kinds strictly against the Kubernetes schemas of each version (oldest
     supported and newest shipped by kubernetes-validate by default), PyTorchJobs field by field as the
-    training operator does, and torchrun's flags against the pod's GPUs and replicas.
+    training operator does, torchrun's flags against the pod's GPUs and replicas, and every pod against the
+    Pod Security Standard "restricted" profile (pipelines/pod_security.py).
 
     Raises:
         ManifestError: one line per problem, naming the manifest, the version and the field.
@@ -667,6 +669,8 @@ def validate_manifests(manifests: Mapping[str, dict] | Iterable[dict], versions:
             errors.append(f"{name}: not a Kubernetes object (no kind / apiVersion)")
             continue
         where = f"{name} ({obj['kind']})"
+        errors += [f"{where}: pod security (restricted): {v}" for spec in pod_specs(obj)
+                   for v in restricted_violations(spec)]
         if obj["kind"] == "PyTorchJob":
             errors += _pytorchjob_errors(obj, versions, where, gpu_resource)
             continue

@@ -24,6 +24,7 @@ from pipelines.cluster import (
     step_operator_settings, train_step_settings, validate_manifests, write_manifests,
 )
 from pipelines.k8s_cli import k8s
+from pipelines.pod_security import pod_specs, restricted_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -440,3 +441,40 @@ def test_manifests_in_the_readme_are_valid_and_match_the_configuration():
         spec = obj["spec"]
         assert spec["containers"][0]["image"] == cfg.image and spec["securityContext"]["runAsUser"] == cfg.run_as_user
         assert obj["metadata"]["namespace"] == cfg.namespace
+
+
+# --- Pod Security Standard "restricted" ------------------------------------------------------------------------
+
+
+def test_every_rendered_pod_passes_the_restricted_pod_security_profile(single, multi):
+    pods = [spec for manifests in (single, multi) for obj in manifests.values() for spec in pod_specs(obj)]
+    pods.append(_zenml_pod(CFG, drop_null_snake_keys=True)["spec"])  # the pod ZenML submits for the train step
+    assert len(pods) == 4  # the Job, the PyTorchJob's master and worker, ZenML's step pod
+    for spec in pods:
+        assert restricted_violations(spec) == []
+
+
+@pytest.mark.parametrize("change, violation", [
+    (lambda s: s["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
+     "allowPrivilegeEscalation: must be false"),
+    (lambda s: s["containers"][0]["securityContext"]["capabilities"].update(drop=["NET_RAW"]),
+     "capabilities.drop: must include ALL"),
+    (lambda s: s["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+     "only NET_BIND_SERVICE is allowed"),
+    (lambda s: (s["containers"][0]["securityContext"].pop("runAsNonRoot"), s["securityContext"].pop("runAsNonRoot", 0)),
+     "runAsNonRoot: must be true"),
+    (lambda s: (s["containers"][0]["securityContext"].pop("seccompProfile"), s["securityContext"].pop("seccompProfile", 0)),
+     "seccompProfile.type"),
+    (lambda s: s["volumes"].append({"name": "host", "hostPath": {"path": "/"}}), "type hostPath is not allowed"),
+    (lambda s: s.update(hostNetwork=True), "hostNetwork: must be unset or false"),
+    (lambda s: s["securityContext"].update(runAsUser=0), "runAsUser: must not be 0"),
+])
+def test_each_restricted_rule_is_checked_and_named_by_validate(single, change, violation):
+    import copy
+
+    manifests = copy.deepcopy(single)
+    job = _workload(manifests)
+    change(job["spec"]["template"]["spec"])
+    assert any(violation in v for v in restricted_violations(job["spec"]["template"]["spec"]))
+    with pytest.raises(ManifestError, match=f"pod security \\(restricted\\): .*{re.escape(violation)}"):
+        validate_manifests(manifests)
