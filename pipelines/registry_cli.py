@@ -22,11 +22,14 @@ model_option = click.option("--model", "model_name", default=DEFAULT_MODEL, show
 
 
 def _registry(model_name: str):
+    from pipelines.run import udon_home
+    from pipelines.run_records import close_abandoned_runs
     from pipelines.stack import ensure_local_stack
     from steps.tracking import mlflow_tracking_uri
     from steps.model_registry import ModelRegistry
 
     ensure_local_stack()
+    close_abandoned_runs(udon_home(), mlflow_tracking_uri())  # a killed `udon run` leaves nothing 'running'
     return ModelRegistry(model_name, mlflow_tracking_uri())
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -152,20 +153,27 @@ def _output(run, step: str, name: str) -> Any:
 
 def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs."""
+    from pipelines.run_records import close_abandoned_runs, recorded_run
     from pipelines.stack import ensure_local_stack, experiment_tracker_name
     from pipelines.training import training_pipeline, zenml_model
+    from steps.tracking import mlflow_tracking_uri
 
     doc = resolve_config(config_path, overrides)
     ensure_local_stack()
+    close_abandoned_runs(udon_home(), mlflow_tracking_uri())
     doc = _with_tracker(doc, experiment_tracker_name())
     runs_dir = udon_home() / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=runs_dir, delete=False) as fh:
         yaml.safe_dump(doc, fh, sort_keys=False)
     model_name = doc["parameters"]["registry"]["model_name"]
-    pipeline = training_pipeline.with_options(config_path=fh.name, model=zenml_model(model_name))
+    # Our own run name, known before the run starts: the run record that lets a later command clean up after
+    # a killed process refers to it (pipelines/run_records.py).
+    run_name = f"training_pipeline-{datetime.now(timezone.utc):%Y_%m_%d-%H_%M_%S_%f}"
+    pipeline = training_pipeline.with_options(config_path=fh.name, model=zenml_model(model_name), run_name=run_name)
     try:
-        run = pipeline()
+        with recorded_run(udon_home(), run_name):
+            run = pipeline()
     except RuntimeError as err:
         raise _explain_failure(err) from err
     return RunOutcome(

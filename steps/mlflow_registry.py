@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from steps.dvc_store import git_dirty, git_revision
-from steps.model_registry import METRICS_ARTIFACT
+from steps.model_registry import METRICS_ARTIFACT, unavailable
 from udon_core.model import EmbeddingModel, UdonModel, load_embedding_model as load_folder
 
 # why: logged with the model so `mlflow models serve`/`pyfunc.load_model` can rebuild the environment,
@@ -57,6 +57,7 @@ def register_embedding_model(
     with an MLflow experiment tracker.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     run = mlflow.active_run()
     if run is None:
@@ -80,7 +81,13 @@ def register_embedding_model(
     mlflow.log_dict(metrics, METRICS_ARTIFACT)
     tags = {**dataset_tags, **code_version(), **_metric_tags(metrics)}
     mlflow.set_tags(tags)
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    # Created as 'pending' in the same call: until the gate records its verdict the version is no candidate,
+    # and a run killed in between leaves it visibly unjudged (pipelines/run_records.py marks it incomplete).
+    try:
+        version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate.verdict": "pending"})
+    except MlflowException as err:
+        # Nothing was registered: the version is created in one call, with its tags, or not at all.
+        raise unavailable(mlflow.get_registry_uri(), err) from err
     return {
         "name": name, "version": str(version.version), "run_id": run.info.run_id,
         "model_uri": f"models:/{name}/{version.version}",

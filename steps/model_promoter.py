@@ -26,6 +26,13 @@ def model_promoter(
 ]:
     """Judge the registered version, promote it or hold it for review, and write the review."""
     registry = ModelRegistry(registration["name"], registration["tracking_uri"])
+    with registry.locked():  # the champion it is judged against cannot change before the verdict is applied
+        document, markdown, html = _judge_and_apply(registry, registration, metrics, config)
+    return document, markdown, html  # why a tuple literal: ZenML reads it from the source to name the outputs
+
+
+def _judge_and_apply(registry: ModelRegistry, registration: dict[str, Any], metrics: dict[str, Any],
+                     config: RegistryConfig) -> tuple[dict[str, Any], MarkdownString, HTMLString]:
     version = registry.version(registration["version"])
     champion = registry.champion()
     if champion is not None and champion.version == version.version:

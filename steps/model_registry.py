@@ -13,18 +13,30 @@ rejected       (none)              (none; tag ``gate.verdict=reject``)
 
 Every promotion and rollback is appended to the registered model's ``udon.promotions`` tag (JSON), which
 is what ``rollback`` reads to find the previous champion.
+
+Changes of standing are read-modify-write sequences over several MLflow and ZenML calls (MLflow has no
+transactions), so they run under one exclusive lock per registered model: two ``udon promote`` /
+``udon rollback`` / gate decisions at the same moment take turns instead of leaving two champions or a
+history with a lost event. The lock is a file lock beside a local (sqlite or file) store, or in the
+temporary folder for a remote tracking server: it serialises the processes of one machine, not of several.
 """
 
 from __future__ import annotations
 
+import fcntl
 import getpass
+import hashlib
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
+
+from udon_core.errors import UdonUserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "udon.promotions"
@@ -34,8 +46,15 @@ Standing = Literal["champion", "challenger", "archived", "rejected"]
 _STAGE = {"champion": "production", "challenger": "staging", "archived": "archived"}
 
 
-class RegistryError(ValueError):
+class RegistryError(UdonUserError, ValueError):
     """A registry request that cannot be honoured (unknown version, nothing to roll back to...)."""
+
+
+def unavailable(uri: str, err: Exception) -> RegistryError:
+    """The one sentence for a registry that cannot be reached or answers with an error."""
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return RegistryError(f"the MLflow registry at {uri} cannot be used ({detail[:300]}); check that the tracking "
+                         "server is up and the stack's MLflow tracker points at it")
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,28 @@ class ModelRegistry:
 
         self.name = name
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._lock_path = _lock_path(self.client.tracking_uri, name)
+        self._lock_depth = 0
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this model's registry lock (re-entrant within this object) for a read-modify-write."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -82,7 +123,9 @@ class ModelRegistry:
         try:
             model = self.client.get_registered_model(self.name)
         except MlflowException as err:
-            raise RegistryError(f"no registered model '{self.name}' (run the pipeline first)") from err
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise RegistryError(f"no registered model '{self.name}' (run the pipeline first)") from err
+            raise unavailable(self.client.tracking_uri, err) from err
         found = self.client.search_model_versions(f"name = '{self.name}'")
         aliases: dict[str, list[str]] = {}
         for alias, version in (model.aliases or {}).items():
@@ -134,17 +177,19 @@ class ModelRegistry:
         A version that held the alias before is archived in both places, so neither registry keeps a stale
         champion or challenger.
         """
-        info = self.version(version)
-        if standing in (CHAMPION, CHALLENGER):
-            holder = next((i for i in self.versions() if standing in i.aliases and i.version != info.version), None)
-            if holder is not None:
-                self.client.delete_registered_model_alias(self.name, standing)
-                self._mark(holder, "archived")
-        for alias in set(info.aliases) & {CHAMPION, CHALLENGER} - {standing}:
-            self.client.delete_registered_model_alias(self.name, alias)
-        if standing in (CHAMPION, CHALLENGER):
-            self.client.set_registered_model_alias(self.name, standing, info.version)
-        self._mark(info, _STAGE.get(standing, "none"))
+        with self.locked():
+            info = self.version(version)
+            if standing in (CHAMPION, CHALLENGER):
+                holder = next((i for i in self.versions() if standing in i.aliases and i.version != info.version),
+                              None)
+                if holder is not None:
+                    self.client.delete_registered_model_alias(self.name, standing)
+                    self._mark(holder, "archived")
+            for alias in set(info.aliases) & {CHAMPION, CHALLENGER} - {standing}:
+                self.client.delete_registered_model_alias(self.name, alias)
+            if standing in (CHAMPION, CHALLENGER):
+                self.client.set_registered_model_alias(self.name, standing, info.version)
+            self._mark(info, _STAGE.get(standing, "none"))
 
     def _mark(self, info: VersionInfo, stage: str) -> None:
         self.client.set_model_version_tag(self.name, info.version, "udon.stage", stage)
@@ -157,30 +202,34 @@ class ModelRegistry:
 
     def promote(self, version: str, reason: str, actor: str | None = None, action: str = "promote") -> str | None:
         """Make ``version`` the champion; the former champion is archived. Returns the former champion."""
-        info = self.version(version)
-        if CHAMPION in info.aliases:
-            raise RegistryError(f"version {version} already is the champion")
-        former = self.champion()
-        self.set_standing(info.version, "champion")  # archives the former champion in both registries
-        self._append(action, info.version, reason, actor, former.version if former else None)
-        for key, value in {"promoted_by": actor or _actor(), "promoted_at": _now(), "promotion_reason": reason}.items():
-            self.client.set_model_version_tag(self.name, info.version, f"udon.{key}", value[:4900])
-        return former.version if former else None
+        with self.locked():
+            info = self.version(version)
+            if CHAMPION in info.aliases:
+                raise RegistryError(f"version {version} already is the champion")
+            former = self.champion()
+            self.set_standing(info.version, "champion")  # archives the former champion in both registries
+            self._append(action, info.version, reason, actor, former.version if former else None)
+            for key, value in {"promoted_by": actor or _actor(), "promoted_at": _now(),
+                               "promotion_reason": reason}.items():
+                self.client.set_model_version_tag(self.name, info.version, f"udon.{key}", value[:4900])
+            return former.version if former else None
 
     def rollback(self, reason: str, actor: str | None = None) -> tuple[str, str]:
         """Archive the champion and restore the champion before it. Returns (removed, restored)."""
-        current = self.champion()
-        if current is None:
-            raise RegistryError(f"model '{self.name}' has no champion to roll back")
-        chain = self.champion_chain()
-        if len(chain) < 2:
-            raise RegistryError(f"version {current.version} is the first champion: there is nothing to roll back to")
-        restored = chain[-2]
-        self.set_standing(current.version, "archived")
-        self.client.set_model_version_tag(self.name, current.version, "udon.rolled_back", _now())
-        self.set_standing(restored, "champion")
-        self._append("rollback", restored, reason, actor, current.version)
-        return current.version, restored
+        with self.locked():
+            current = self.champion()
+            if current is None:
+                raise RegistryError(f"model '{self.name}' has no champion to roll back")
+            chain = self.champion_chain()
+            if len(chain) < 2:
+                raise RegistryError(f"version {current.version} is the first champion: there is nothing to roll "
+                                    "back to")
+            restored = chain[-2]
+            self.set_standing(current.version, "archived")
+            self.client.set_model_version_tag(self.name, current.version, "udon.rolled_back", _now())
+            self.set_standing(restored, "champion")
+            self._append("rollback", restored, reason, actor, current.version)
+            return current.version, restored
 
     def champion_chain(self) -> list[str]:
         """Champions in order, with rolled-back ones removed: the last is the current champion."""
@@ -205,6 +254,15 @@ class ModelRegistry:
             for name, text in (("promotion_review.md", markdown), ("promotion_review.html", html)):
                 (Path(tmp) / name).write_text(text)
                 self.client.log_artifact(info.run_id, str(Path(tmp) / name), artifact_path="review")
+
+
+def _lock_path(tracking_uri: str, name: str) -> Path:
+    """Beside a local store (every process using it sees the same file), else in the temporary folder."""
+    key = hashlib.sha256(f"{tracking_uri}\0{name}".encode()).hexdigest()[:16]
+    for prefix in ("sqlite:///", "file://"):  # sqlite:////abs/mlflow.db, file:///abs/mlruns
+        if tracking_uri.startswith(prefix):
+            return Path(tracking_uri[len(prefix):]).parent / f".udon-registry-{key}.lock"
+    return Path(tempfile.gettempdir()) / f"udon-registry-{key}.lock"
 
 
 def _actor() -> str:

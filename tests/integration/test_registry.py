@@ -148,3 +148,42 @@ def _copy_repo(repo, dest):
 
     shutil.copytree(repo, dest)
     return dest
+
+
+_CONTENDER = """
+import json, sys
+from steps.model_registry import ModelRegistry, RegistryError
+reg = ModelRegistry(sys.argv[1], sys.argv[2])
+done = []
+for round in range(int(sys.argv[4])):
+    for action in ("promote", "rollback"):
+        try:
+            reg.promote(sys.argv[3], reason=f"round {round}") if action == "promote" else reg.rollback(f"round {round}")
+            done.append(action)
+        except RegistryError:
+            pass  # already the champion, or nothing to roll back to: the other process got there first
+print(json.dumps(done))
+"""
+
+
+def test_concurrent_promotions_and_rollbacks_leave_one_champion_and_a_complete_history(registry):
+    """Two processes promote different versions and roll back, 20 rounds each, at the same moment."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    reg, _, _ = registry
+    before = len(reg.history())
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, MODEL, reg.client.tracking_uri, version, "20"],
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for version in ("1", "2")]
+    outputs = [p.communicate(timeout=400) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    done = [a for out, _ in outputs for a in json.loads(out.strip().splitlines()[-1])]
+    assert len(reg.history()) == before + len(done)  # no event lost to a concurrent write
+    standing = _standing(reg)
+    champions = [v for v, (aliases, _, _) in standing.items() if "champion" in aliases]
+    assert len(champions) == 1 and champions[0] == reg.champion_chain()[-1]
+    for version, (aliases, stage, zen_stage) in standing.items():
+        assert (stage == "production") == (zen_stage == "production") == ("champion" in aliases), standing
