@@ -125,16 +125,29 @@ def test_a_live_run_is_never_touched(tmp_path):
     assert not list((tmp_path / "runs" / "active").glob("*.json"))
 
 
+_REGISTER = """
+import torch, mlflow
+from steps.mlflow_registry import register_embedding_model
+from steps.model_registry import RegistryError
+from tests.unit.tiny_benchmark import TINY_MODEL
+from udon_core.model import EmbeddingModel
+
+torch.manual_seed(0)
+with mlflow.start_run():
+    try:
+        register_embedding_model(EmbeddingModel(TINY_MODEL), "m", metrics={"mean_mmp_at_5": 0.5},
+                                 dataset_tags={"data.dvc_md5": "x"})
+    except RegistryError as err:
+        print("REGISTRY ERROR:", err)
+"""
+
+
 def test_an_unreachable_registry_is_one_sentence_and_nothing_is_registered(tmp_path, monkeypatch):
     import socket
 
-    import mlflow
-    import torch
+    from mlflow import MlflowClient
 
-    from steps.mlflow_registry import register_embedding_model
     from steps.model_registry import ModelRegistry, RegistryError
-    from tests.unit.tiny_benchmark import TINY_MODEL
-    from udon_core.model import EmbeddingModel
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -144,19 +157,13 @@ def test_an_unreachable_registry_is_one_sentence_and_nothing_is_registered(tmp_p
     with pytest.raises(RegistryError, match=f"the MLflow registry at {dead} cannot be used"):
         ModelRegistry("m", dead).versions()
 
+    # Registering from a run whose tracking store works but whose registry is down (a process of its own:
+    # MLflow's tracking and registry URIs are process-global).
     local = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(local)
-    mlflow.set_registry_uri(dead)
-    try:
-        torch.manual_seed(0)
-        with mlflow.start_run():
-            with pytest.raises(RegistryError, match="cannot be used"):
-                register_embedding_model(EmbeddingModel(TINY_MODEL), "m", metrics={"mean_mmp_at_5": 0.5},
-                                         dataset_tags={"data.dvc_md5": "x"})
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
-    from mlflow import MlflowClient
-
-    assert MlflowClient(tracking_uri=local).search_model_versions("name = 'm'") == []
+    env = {**os.environ, "MLFLOW_TRACKING_URI": local, "MLFLOW_REGISTRY_URI": dead, "PYTHONPATH": str(ROOT)}
+    script = tmp_path / "register.py"  # a file: ZenML derives the source root from the main module's path
+    script.write_text(_REGISTER)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert f"REGISTRY ERROR: the MLflow registry at {dead} cannot be used" in done.stdout, done.stderr[-3000:]
+    assert MlflowClient(tracking_uri=local).search_registered_models() == []
