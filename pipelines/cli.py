@@ -2,46 +2,64 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 import click
+from udon_core.errors import InvalidValueError, UdonUserError
 
 # Errors that explain themselves (bad config, data that does not match its pin, failed validation, missing
-# files); anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, KeyError)
+# or damaged files): the project's own UdonUserError types. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UdonUserError,)
 
 
 def _project_home_env() -> None:
-    """With $UDON_HOME set, keep every tool's state under it (the Makefile points it at ./.udon).
+    """Keep every tool's state under $UDON_HOME when it is set (the Makefile points it at ./.udon), and
+    switch off every tool's telemetry either way.
 
-    why: ZenML, MLflow, DVC and matplotlib read these once, at import, so this runs before they load.
+    why: ZenML, MLflow, DVC, GE and matplotlib read these once, at import, so this runs before they load.
+    Nothing of theirs is then written to the home directory (tests/integration/test_byob.py checks it).
     """
+    for key, value in {"ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                       "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+                       "ZENML_LOGGING_VERBOSITY": "WARN", "ZENML_ENABLE_RICH_TRACEBACK": "false"}.items():
+        os.environ.setdefault(key, value)
     home = os.environ.get("UDON_HOME")
     if not home:
         return
-    defaults = {
-        "ZENML_CONFIG_PATH": f"{home}/zenml", "ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": f"{home}/dvc-site",
-        "DVC_GLOBAL_CONFIG_DIR": f"{home}/dvc-global", "MPLCONFIGDIR": f"{home}/matplotlib", "HF_HUB_OFFLINE": "1",
-        "ZENML_LOGGING_VERBOSITY": "WARN", "ZENML_ENABLE_RICH_TRACEBACK": "false",
+    state = {
+        "ZENML_CONFIG_PATH": "zenml", "DVC_SITE_CACHE_DIR": "dvc-site", "DVC_GLOBAL_CONFIG_DIR": "dvc-global",
+        "MPLCONFIGDIR": "matplotlib", "XDG_CONFIG_HOME": "config", "XDG_CACHE_HOME": "cache", "HF_HOME": "hf",
+        "TORCH_HOME": "torch",
     }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
+    for key, sub in state.items():
+        os.environ.setdefault(key, f"{home}/{sub}")
 
 
 def _fail(err: BaseException) -> None:
     message = str(err).strip() or type(err).__name__
     click.secho(f"error: {message}", fg="red", err=True)
-    if os.environ.get("UDON_DEBUG"):
+    if _debug():
         raise err
     sys.exit(2)
 
 
+def _debug() -> bool:
+    return bool(os.environ.get("UDON_DEBUG"))
+
+
 @click.group()
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="show tracebacks of user errors and the tools' own logs")
+def cli(debug: bool) -> None:
     """UDON universal image embeddings: data, training pipeline, evaluation and registry."""
+    if debug:
+        os.environ["UDON_DEBUG"] = "1"
+    if not _debug():
+        # why: ZenML logs a failed step's traceback and each skipped step before our one-sentence error; the
+        # error names the step and the cause. `udon --debug` keeps ZenML's own logs.
+        logging.getLogger("zenml").setLevel(logging.CRITICAL)
 
 
 @cli.command("run")
@@ -71,7 +89,9 @@ def print_outcome(outcome) -> None:
         reports["oracle teacher"] = RetrievalReport.from_dict(outcome.oracle_teacher_metrics)
     click.echo(f"\nPipeline run {outcome.run_name}: {outcome.status}"
                + (f" (cached steps: {', '.join(outcome.cached_steps)})" if outcome.cached_steps else ""))
-    click.echo(f"Data version (DVC md5): {outcome.dataset_md5}\n")
+    click.echo(f"Data version (DVC md5): {outcome.dataset_md5}")
+    print_validation(outcome.validation, outcome.validation_page)
+    click.echo()
     click.echo(format_comparison(reports))
     reg = outcome.registration
     click.echo(f"\nRegistered model: {reg['name']} version {reg['version']} ({reg['model_uri']})")
@@ -83,6 +103,18 @@ def print_outcome(outcome) -> None:
         click.echo(f"  {reason}")
     click.echo(f"Review: udon models; udon lineage {reg['version']}")
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri '{reg['tracking_uri']}'")
+
+
+def print_validation(report, page: str) -> None:
+    """Passed or not, the warnings with a few rows each, and where the full report is."""
+    warnings = report.warnings
+    click.echo(f"Data validation: {'passed' if report.success else 'FAILED'}, "
+               f"{sum(o.success for o in report.outcomes)}/{report.evaluated} checks held"
+               + (f", {len(warnings)} warning(s):" if warnings else ", no warnings"))
+    if warnings:
+        for line in report.model_copy(update={"outcomes": warnings}).summary(rows_per_failure=3).splitlines()[1:]:
+            click.echo(f"  {line}")
+    click.echo(f"  full report: {page}/output.html (ZenML artifact validation_page)")
 
 
 def _model(uri: str):
@@ -146,13 +178,13 @@ def _score(model_uri, embeddings_in, data_dir, manifest, spec, split, protocol):
 
     if protocol == "oracle-teacher":
         if model_uri is None or model_uri.startswith("models:/"):
-            raise ValueError("--protocol oracle-teacher needs a training-model folder (every teacher head), "
+            raise InvalidValueError("--protocol oracle-teacher needs a training-model folder (every teacher head), "
                              "e.g. <checkpoint dir>/training_model from python -m udon_core.train")
         return evaluate_oracle_teachers(UdonModel.load(model_uri), data_dir, manifest, spec, split=split), None
     if embeddings_in is not None:
         embeddings = EmbeddingSet.load(embeddings_in)
         if embeddings.split != split:
-            raise ValueError(f"{embeddings_in} holds the '{embeddings.split}' split, not '{split}' (--split)")
+            raise InvalidValueError(f"{embeddings_in} holds the '{embeddings.split}' split, not '{split}' (--split)")
     else:
         embeddings = embed_split(_model(model_uri), data_dir, manifest, spec, split, source=model_uri)
     return evaluate_embeddings(embeddings.vectors, manifest, spec, split=split, protocol=protocol), embeddings
@@ -170,7 +202,7 @@ def embed_cmd(image_dir: Path, model_uri: str, out: Path, batch_size: int) -> No
 
     try:
         if out.suffix not in (".npy", ".parquet"):
-            raise ValueError(f"{out}: the output must end in .npy or .parquet")
+            raise InvalidValueError(f"{out}: the output must end in .npy or .parquet")
         paths, vectors = embed_folder(_model(model_uri), image_dir, batch_size=batch_size, device=resolve_device("auto"))
         _write_embeddings(out, paths, vectors)
     except USER_ERRORS as err:

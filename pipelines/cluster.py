@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.pod_security import pod_specs, restricted_violations
 from udon_core.overrides import deep_merge
+from udon_core.errors import InvalidValueError, StackError, UdonUserError
 
 if TYPE_CHECKING:
     from zenml.config import DockerSettings
@@ -51,11 +52,11 @@ _SUFFIX = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(UdonUserError, ValueError):
     """A cluster configuration that cannot be used; the message names the file and the field."""
 
 
-class ManifestError(ValueError):
+class ManifestError(UdonUserError, ValueError):
     """Rendered manifests that Kubernetes or the training operator would reject; one line per problem."""
 
 
@@ -63,7 +64,7 @@ def quantity(text: str) -> float:
     """A Kubernetes quantity ('500m', '16Gi', '2') as a number (cores or bytes)."""
     match = _QUANTITY.match(text)
     if not match:
-        raise ValueError(f"'{text}' is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
+        raise InvalidValueError(f"'{text}' is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
     return float(match.group(1)) * _SUFFIX[match.group(3) or ""]
 
 
@@ -80,7 +81,7 @@ class Toleration(BaseModel):
     @model_validator(mode="after")
     def _value_only_with_equal(self) -> Toleration:
         if self.operator == "Exists" and self.value is not None:
-            raise ValueError("a toleration with operator 'Exists' takes no value")
+            raise InvalidValueError("a toleration with operator 'Exists' takes no value")
         return self
 
     def to_k8s(self) -> k8s.V1Toleration:
@@ -191,23 +192,23 @@ class ClusterConfig(BaseModel):
             return image
         name = image.rsplit("/", 1)[-1]
         if ":" not in name:
-            raise ValueError(f"'{image}' has no tag; pin it (e.g. '{image}:0.1.0') so restarts run the same code")
+            raise InvalidValueError(f"'{image}' has no tag; pin it (e.g. '{image}:0.1.0') so restarts run the same code")
         if name.rsplit(":", 1)[1] == "latest":
-            raise ValueError(f"'{image}' uses ':latest'; pin a version tag or a digest")
+            raise InvalidValueError(f"'{image}' uses ':latest'; pin a version tag or a digest")
         return image
 
     @field_validator("namespace", "service_account", "launcher_service_account", "data_pvc", "config_map")
     @classmethod
     def _dns_label(cls, value: str) -> str:
         if len(value) > 63 or not _DNS1123_LABEL.match(value):
-            raise ValueError(f"'{value}' is not a Kubernetes name (lowercase letters, digits and '-', at most 63)")
+            raise InvalidValueError(f"'{value}' is not a Kubernetes name (lowercase letters, digits and '-', at most 63)")
         return value
 
     @field_validator("job_name")
     @classmethod
     def _dns1035(cls, value: str) -> str:
         if not _DNS1035_LABEL.match(value):
-            raise ValueError(f"'{value}' must start with a letter and hold only lowercase letters, digits and '-'")
+            raise InvalidValueError(f"'{value}' must start with a letter and hold only lowercase letters, digits and '-'")
         return value
 
     @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size", "storage_size")
@@ -221,25 +222,25 @@ class ClusterConfig(BaseModel):
     @classmethod
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/"):
-            raise ValueError(f"'{value}' must be an absolute path inside the container")
+            raise InvalidValueError(f"'{value}' must be an absolute path inside the container")
         return value.rstrip("/") or "/"
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
         if quantity(self.memory_limit) < quantity(self.memory_request):
-            raise ValueError(f"memory_limit ({self.memory_limit}) is below memory_request ({self.memory_request})")
+            raise InvalidValueError(f"memory_limit ({self.memory_limit}) is below memory_request ({self.memory_request})")
         if self.cpu_limit is not None and quantity(self.cpu_limit) < quantity(self.cpu_request):
-            raise ValueError(f"cpu_limit ({self.cpu_limit}) is below cpu_request ({self.cpu_request})")
+            raise InvalidValueError(f"cpu_limit ({self.cpu_limit}) is below cpu_request ({self.cpu_request})")
         if quantity(self.shm_size) >= quantity(self.memory_limit):
-            raise ValueError(f"shm_size ({self.shm_size}) must be below memory_limit ({self.memory_limit}): "
+            raise InvalidValueError(f"shm_size ({self.shm_size}) must be below memory_limit ({self.memory_limit}): "
                              "a memory-backed /dev/shm counts against the container's memory")
         volume = PurePosixPath(self.data_mount_path)
         for field in ("data_dir", "checkpoint_path"):
             if not PurePosixPath(getattr(self, field)).is_relative_to(volume):
-                raise ValueError(f"{field} ({getattr(self, field)}) must lie under data_mount_path "
+                raise InvalidValueError(f"{field} ({getattr(self, field)}) must lie under data_mount_path "
                                  f"({self.data_mount_path}), or it is lost when a pod restarts")
         if self.nodes > 1 and self.access_mode != "ReadWriteMany":
-            raise ValueError("nodes > 1 needs access_mode ReadWriteMany: every node mounts the same volume")
+            raise InvalidValueError("nodes > 1 needs access_mode ReadWriteMany: every node mounts the same volume")
         return self
 
     def checkpoint_dir(self, job_name: str | None = None) -> str:
@@ -454,7 +455,7 @@ def _pytorch_job(cfg: ClusterConfig, job_name: str, nodes: int, gpus: int, annot
         from kubeflow.training import (KubeflowOrgV1PyTorchJob, KubeflowOrgV1PyTorchJobSpec,
                                        KubeflowOrgV1ReplicaSpec, KubeflowOrgV1RunPolicy)
     except ImportError as err:  # pragma: no cover - an install problem, not a code path
-        raise RuntimeError("multi-node manifests need the Kubeflow training SDK: "
+        raise StackError("multi-node manifests need the Kubeflow training SDK: "
                            "pip install kubeflow-training==1.9.4") from err
     parts = pod_parts(cfg, gpus, job_name=job_name)
     labels = {**cfg.labels, "app.kubernetes.io/component": "trainer", "app.kubernetes.io/instance": job_name}

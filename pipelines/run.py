@@ -19,12 +19,13 @@ from pydantic import BaseModel, ValidationError
 
 from steps import dvc_store
 from steps.data_ingester import DataConfig
-from steps.expectations import ValidationConfig
+from steps.expectations import ValidationConfig, ValidationReport
 from steps.model_evaluator import EvalConfig
 from steps.model_registrar import RegistryConfig
 from udon_core import overrides
 from udon_core.overrides import deep_merge
 from udon_core.train import TrainingConfig
+from udon_core.errors import StackError, UdonUserError
 
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {
     "data": DataConfig, "validation": ValidationConfig, "training": TrainingConfig, "evaluation": EvalConfig,
@@ -33,19 +34,19 @@ PARAMETER_MODELS: dict[str, type[BaseModel]] = {
 TRACKED_STEPS = ("model_trainer", "model_evaluator", "model_registrar")
 
 
-class ConfigError(ValueError):
+class ConfigError(UdonUserError, ValueError):
     """A run configuration that cannot be used; the message names the file and the field."""
 
 
-class PipelineRunError(RuntimeError):
+class PipelineRunError(UdonUserError, RuntimeError):
     """A step failed; the message is that step's own error (ZenML only says which step failed)."""
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ", re.MULTILINE)
 
 
-def failed_step_messages(run_name: str) -> dict[str, str]:
-    """The error message of every failed step of a run, taken from the traceback ZenML stored."""
+def failed_step_errors(run_name: str) -> dict[str, tuple[str, str, str]]:
+    """``{step: (exception class name, message, traceback)}`` of every failed step, as ZenML stored them."""
     from zenml.client import Client
 
     run = Client().get_pipeline_run(run_name)
@@ -55,8 +56,18 @@ def failed_step_messages(run_name: str) -> dict[str, str]:
         if str(step.status).endswith("failed") and info is not None:
             starts = list(_EXCEPTION_LINE.finditer(info.traceback))
             text = info.traceback[starts[-1].start():] if starts else info.traceback
-            out[name] = text.split(": ", 1)[-1].strip()
+            kind, _, message = text.partition(": ")
+            out[name] = (kind.rsplit(".", 1)[-1], message.strip(), info.traceback)
     return out
+
+
+def _user_error_names() -> set[str]:
+    found, todo = set(), [UdonUserError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return found
 
 
 @dataclass
@@ -70,6 +81,8 @@ class RunOutcome:
     registration: dict[str, Any]
     gate_verdict: dict[str, Any]
     dataset_md5: str
+    validation: ValidationReport
+    validation_page: str  # where the HTML report is (artifact store path)
 
 
 def parse_override(text: str) -> dict:
@@ -104,7 +117,12 @@ def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
     path = Path(config_path)
     if not path.is_file():
         raise ConfigError(f"{path}: run configuration not found")
-    doc = yaml.safe_load(path.read_text()) or {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping (parameters:, steps:, ...), found {type(doc).__name__}")
     for text in overrides:
         doc = deep_merge(doc, {"parameters": parse_override(text)})
     params = _validate_parameters(doc.get("parameters") or {}, str(path))
@@ -136,15 +154,21 @@ def udon_home() -> Path:
     return Path(os.environ.get("UDON_HOME") or Path.home() / ".udon")
 
 
-def _explain_failure(err: RuntimeError) -> RuntimeError:
-    from zenml.client import Client
-
-    runs = Client().list_pipeline_runs(pipeline="training_pipeline", sort_by="desc:created", size=1).items
-    messages = failed_step_messages(runs[0].name) if runs else {}
-    if not messages:
+def _explain_failure(err: RuntimeError, run_name: str) -> RuntimeError:
+    """A user error as one PipelineRunError naming each failed step and its message; a bug (any exception
+    type that is not one of the project's UdonUserError types) stays the original error, traceback and all."""
+    try:
+        errors = failed_step_errors(run_name)
+    except KeyError:  # the run was never created
         return err
-    detail = "\n".join(f"step '{step}' failed: {msg}" for step, msg in messages.items())
-    return PipelineRunError(f"pipeline run {runs[0].name} failed.\n{detail}")
+    if not errors:
+        return err
+    if not all(kind in _user_error_names() for kind, _, _ in errors.values()):
+        # a bug: the step's own traceback (ZenML's console log of it is silenced without --debug)
+        tracebacks = "\n".join(f"step '{step}':\n{tb}" for step, (_, _, tb) in errors.items())
+        return RuntimeError(f"pipeline run {run_name} failed with an unexpected error:\n{tracebacks}")
+    detail = "\n".join(f"step '{step}' failed: {msg}" for step, (_, msg, _) in errors.items())
+    return PipelineRunError(f"pipeline run {run_name} failed.\n{detail}")
 
 
 def _output(run, step: str, name: str) -> Any:
@@ -153,6 +177,8 @@ def _output(run, step: str, name: str) -> Any:
 
 def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs."""
+    from zenml.exceptions import StackValidationError
+
     from pipelines.run_records import close_abandoned_runs, recorded_run
     from pipelines.stack import ensure_local_stack, experiment_tracker_name
     from pipelines.training import training_pipeline, zenml_model
@@ -174,8 +200,10 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     try:
         with recorded_run(udon_home(), run_name):
             run = pipeline()
+    except StackValidationError as err:
+        raise StackError(f"the active ZenML stack cannot run this pipeline: {err}") from err
     except RuntimeError as err:
-        raise _explain_failure(err) from err
+        raise _explain_failure(err, run_name) from err
     return RunOutcome(
         run_name=run.name, status=str(run.status),
         cached_steps=sorted(n for n, s in run.steps.items() if str(s.status).endswith("cached")),
@@ -185,4 +213,6 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
         registration=_output(run, "model_registrar", "registration"),
         gate_verdict=_output(run, "model_promoter", "gate_verdict"),
         dataset_md5=_output(run, "data_ingester", "dataset").dvc_md5,
+        validation=_output(run, "data_validator", "validation_report"),
+        validation_page=str(run.steps["data_validator"].outputs["validation_page"][0].uri),
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,7 +12,7 @@ from zenml import log_metadata, step
 
 from steps import dvc_store
 from udon_core.benchmark import BenchmarkSpec, resolve_benchmark_spec
-from udon_core.uned import num_train_classes, read_manifest
+from udon_core.uned import InfoFileProblem, classes_source, num_train_classes, read_manifest
 
 
 class DataConfig(BaseModel):
@@ -41,6 +42,11 @@ class DatasetVersion(BaseModel):
     dvc_file_git_rev: str | None
     classes: dict[str, int]
     num_images: int
+    classes_source: dict[str, str] = Field(default_factory=dict, description="per domain: given or inferred")
+    dvc_cache: str | None = Field(default=None, description="the DVC cache folder: image links may point into it")
+    info_file_problems: list[dict[str, Any]] = Field(
+        default_factory=list, description="every defect the reader found in the info files; the validate step "
+        "reports them with its own findings and stops the run")
 
 
 def _build_demo(target: Path) -> None:
@@ -58,11 +64,19 @@ def data_ingester(config: DataConfig) -> tuple[Annotated[pd.DataFrame, "manifest
     spec = resolve_benchmark_spec(config.benchmark, pin.target)
     if config.domains:
         spec = spec.restrict(config.domains)
-    manifest = read_manifest(pin.target, spec)
+    problems: list[InfoFileProblem] = []
+    # why collect: every info-file defect is reported in one validation report, not one per run.
+    manifest = read_manifest(pin.target, spec, problems)
+    trained = {d.name for d in spec.domains if ((manifest["domain"] == d.name) & (manifest["split"] == d.train)).any()}
+    classes = num_train_classes(manifest, spec.restrict([d for d in spec.domain_names if d in trained])) \
+        if trained else {}
     dataset = DatasetVersion(
         root=str(pin.target), benchmark=spec, dvc_md5=pin.md5, dvc_file=config.dvc_file,
         dvc_file_git_rev=dvc_store.git_revision(repo, config.dvc_file),
-        classes=num_train_classes(manifest, spec), num_images=len(manifest),
+        classes=classes, num_images=len(manifest),
+        classes_source={d: classes_source(spec, d) for d in classes},
+        info_file_problems=[asdict(p) for p in problems],
+        dvc_cache=str(dvc_store.cache_dir(repo)),
     )
     log_metadata(
         metadata={"dvc_md5": pin.md5, "dvc_file_git_rev": dataset.dvc_file_git_rev or "", "data_source": how,

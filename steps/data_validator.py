@@ -11,13 +11,16 @@ from zenml import log_metadata, save_artifact, step
 from zenml.types import HTMLString
 
 from steps.data_ingester import DatasetVersion
-from steps.expectations import ValidationConfig, ValidationReport, image_suite, manifest_suite, report_html, run_suite
+from steps.expectations import (
+    ValidationConfig, ValidationReport, image_suite, info_file_outcome, manifest_suite, report_html, run_suite,
+)
 from udon_core.image_checks import inspect_images
 from udon_core.manifest_checks import annotate_manifest
-from udon_core.uned import IMAGES_DIR
+from udon_core.errors import UdonUserError
+from udon_core.uned import IMAGES_DIR, InfoFileProblem
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(UdonUserError, RuntimeError):
     """Critical data expectations failed; the message lists each failure and the rows behind it."""
 
 
@@ -28,12 +31,21 @@ def data_validator(
     """Run the manifest and image suites; keep the report as artifacts; raise before training on a critical
     failure (the message names every failing row and file)."""
     root = Path(dataset.root)
-    frame = annotate_manifest(manifest, dataset.benchmark, root if config.check_files else None, dataset.classes)
-    suites = [run_suite(frame, manifest_suite(dataset.benchmark, dataset.classes, config.check_files, config))]
+    links = [Path(dataset.dvc_cache)] if dataset.dvc_cache else []  # DVC's symlink/hardlink cache types
+    frame = annotate_manifest(manifest, dataset.benchmark, root if config.check_files else None, dataset.classes,
+                              link_roots=links)
+    suites = [run_suite(frame, manifest_suite(dataset.benchmark, dataset.classes, config.check_files, config,
+                                              dataset.classes_source))]
     if config.check_images:
         images = inspect_images(manifest, root / IMAGES_DIR, config.image_sample, config.image_seed)
         suites.append(run_suite(images, image_suite(dataset.benchmark, config)))
     report = ValidationReport.combine(*suites)
+    if config.severity_of("info_file_format") != "off":
+        problems = [InfoFileProblem(**p) for p in dataset.info_file_problems]
+        reader = info_file_outcome(problems, config.severity_of("info_file_format"))
+        report = report.model_copy(update={
+            "outcomes": [reader, *report.outcomes], "evaluated": report.evaluated + 1,
+            "success": report.success and (reader.success or reader.severity != "critical")})
     page = HTMLString(report_html(report))
     log_metadata(metadata={"validation_success": report.success, "expectations_evaluated": report.evaluated,
                            "critical_failures": len(report.critical_failures)})

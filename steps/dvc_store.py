@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from udon_core.errors import UdonUserError
 
 WorkspaceState = Literal["clean", "missing", "modified"]
 
 
-class DataVersionError(RuntimeError):
+class DataVersionError(UdonUserError, RuntimeError):
     """The data on disk, in the cache or in the remote does not match the pinned DVC version."""
 
 
@@ -60,6 +61,15 @@ def workspace_hash(repo: Path, dvc_file: str = "data.dvc") -> str | None:
     with Repo(str(repo)) as dvc_repo:
         out = dvc_repo.stage.collect(str(pin.dvc_file))[0].outs[0]
         return str(out.get_hash().value)
+
+
+def cache_dir(repo: Path) -> Path:
+    """Where this repository's DVC cache keeps file contents (workspace links point there with
+    ``cache.type`` symlink or hardlink)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return Path(dvc_repo.cache.local.path).resolve()
 
 
 def workspace_state(repo: Path, dvc_file: str = "data.dvc") -> WorkspaceState:

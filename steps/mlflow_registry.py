@@ -11,6 +11,7 @@ import torch
 from steps.dvc_store import git_dirty, git_revision
 from steps.model_registry import METRICS_ARTIFACT, unavailable
 from udon_core.model import EmbeddingModel, UdonModel, load_embedding_model as load_folder
+from udon_core.errors import StackError
 
 # why: logged with the model so `mlflow models serve`/`pyfunc.load_model` can rebuild the environment,
 # and passing them explicitly skips MLflow's slow dependency inference (design.md section 6).
@@ -61,7 +62,7 @@ def register_embedding_model(
 
     run = mlflow.active_run()
     if run is None:
-        raise RuntimeError("no active MLflow run: the register step needs an MLflow experiment tracker in the stack")
+        raise StackError("no active MLflow run: the register step needs an MLflow experiment tracker in the stack")
     model = model.eval()
     size = model.config.preprocess.image_size
     example = np.zeros((2, 3, size, size), dtype=np.float32)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from udon_core.train import TrainingConfig
+from udon_core.errors import InvalidValueError
 
 ZENML_PREFIX, MLFLOW_PREFIX = "zenml:", "models:/"
 TRAINING_MODEL_ARTIFACT, DEPLOYABLE_ARTIFACT = "udon_training_model", "udon_model"
@@ -59,7 +60,7 @@ def _resolve(ref: str, dest: Path, tracking_uri: str | None) -> tuple[str, dict[
     if ref.startswith(MLFLOW_PREFIX):
         return str(dest), {"ref": ref, **_from_mlflow(ref, dest, tracking_uri)}
     if not Path(ref).is_dir():
-        raise ValueError(f"teacher source {ref!r} is neither zenml:<artifact id>, models:/... nor a folder")
+        raise InvalidValueError(f"teacher source {ref!r} is neither zenml:<artifact id>, models:/... nor a folder")
     return ref, {"ref": ref}
 
 

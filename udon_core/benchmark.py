@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from udon_core.errors import InvalidValueError, UnknownNameError
 
 BENCHMARK_FILE = "benchmark.json"
 
@@ -71,9 +72,9 @@ class BenchmarkSpec(BaseModel):
         names = [d.name for d in self.domains]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"benchmark '{self.name}' lists domain(s) {dupes} more than once")
+            raise InvalidValueError(f"benchmark '{self.name}' lists domain(s) {dupes} more than once")
         if not names:
-            raise ValueError(f"benchmark '{self.name}' has no domains")
+            raise InvalidValueError(f"benchmark '{self.name}' has no domains")
         return self
 
     @property
@@ -85,7 +86,7 @@ class BenchmarkSpec(BaseModel):
         for d in self.domains:
             if d.name == name:
                 return d
-        raise KeyError(f"benchmark '{self.name}' has no domain '{name}' (known: {', '.join(self.domain_names)})")
+        raise UnknownNameError(f"benchmark '{self.name}' has no domain '{name}' (known: {', '.join(self.domain_names)})")
 
     def restrict(self, names: list[str] | tuple[str, ...]) -> "BenchmarkSpec":
         """The same benchmark with only the given domains, in the given order."""
@@ -169,13 +170,27 @@ def resolve_benchmark_spec(benchmark: str, root: Path | None = None) -> Benchmar
     if benchmark == "auto":
         if root is not None and (Path(root) / BENCHMARK_FILE).is_file():
             return resolve_benchmark_spec(str(Path(root) / BENCHMARK_FILE))
+        _check_looks_like_uned(root)
         return UNED
     if benchmark in BUILTIN:
         return BUILTIN[benchmark]
     path = Path(benchmark)
     if not path.is_file():
-        raise ValueError(f"unknown benchmark '{benchmark}': not one of {sorted(BUILTIN)} and not a JSON file")
+        raise InvalidValueError(f"unknown benchmark '{benchmark}': not one of {sorted(BUILTIN)} and not a JSON file")
     try:
         return BenchmarkSpec.model_validate_json(path.read_text())
     except ValueError as err:
-        raise ValueError(f"{path}: not a valid benchmark description: {err}") from err
+        raise InvalidValueError(f"{path}: not a valid benchmark description: {err}") from err
+
+
+def _check_looks_like_uned(root: Path | None) -> None:
+    """A folder without a description is read as UnED; say so when its info files hold other domains."""
+    info = Path(root) / "info_files" if root is not None else None
+    if info is None or not info.is_dir():
+        return
+    found = sorted(p.name for p in info.iterdir() if p.is_dir())
+    if found and not set(found) >= set(UNED.domain_names):
+        raise InvalidValueError(
+            f"{info} holds the domain(s) {', '.join(found)} and {Path(root) / BENCHMARK_FILE} does not exist, so the "
+            f"folder would be read as UnED ({', '.join(UNED.domain_names)}): describe your domains in "
+            f"{BENCHMARK_FILE} (README, 'Bring your own benchmark'), or pass benchmark: uned|demo|<file.json>")

@@ -29,9 +29,4 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         rec = self.records[i]
-        path = self.images_dir / rec.path
-        try:
-            image = load_rgb(path)
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot read image {path}: {err}") from err
-        return self.transform(image), rec.labels[0], i
+        return self.transform(load_rgb(self.images_dir / rec.path)), rec.labels[0], i

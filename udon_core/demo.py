@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from udon_core.benchmark import DEMO, save_benchmark_spec
 from udon_core.uned import IMAGES_DIR, ImageRecord, info_file_path, write_info_file
+from udon_core.errors import InvalidValueError, OutputExistsError, UdonUserError
 
 GLYPHS = string.ascii_uppercase + string.ascii_lowercase + string.digits
 ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
@@ -80,7 +81,7 @@ class DemoConfig(BaseModel):
     animals_test_per_class: int = Field(default=100, ge=2, description="silhouettes per class in test")
 
 
-class MissingSourceError(RuntimeError):
+class MissingSourceError(UdonUserError, RuntimeError):
     """A package that carries demo artwork is not installed."""
 
 
@@ -196,7 +197,7 @@ def build_emoji(root: Path, cfg: DemoConfig, rng: np.random.Generator, progress:
     n_train = cfg.emoji_train_classes or len(cps) - n_val - n_test
     if n_train < 1 or n_val + n_test + n_train > len(cps):
         asked = n_val + n_test + max(n_train, 1)
-        raise ValueError(f"emoji: asked for {asked} classes, {len(cps)} are drawn in both styles")
+        raise InvalidValueError(f"emoji: asked for {asked} classes, {len(cps)} are drawn in both styles")
     val, test, train = cps[:n_val], cps[n_val:n_val + n_test], cps[n_val + n_test:n_val + n_test + n_train]
     for cp in train + val + test:
         for style, data in zip(("twemoji", "openmoji"), art[cp]):
@@ -280,7 +281,7 @@ def build_glyphs(root: Path, cfg: DemoConfig, rng: np.random.Generator, progress
     names = list(rendered)
     n_train = cfg.glyph_train_fonts or len(names) - n_val - n_test
     if n_train < 1 or n_val + n_test + n_train > len(names):
-        raise ValueError(f"glyphs: asked for {n_val + n_test + max(n_train, 1)} fonts, {len(names)} render")
+        raise InvalidValueError(f"glyphs: asked for {n_val + n_test + max(n_train, 1)} fonts, {len(names)} render")
     splits = {"val": names[:n_val], "test": names[n_val:n_val + n_test],
               "train": names[n_val + n_test:n_val + n_test + n_train]}
     records: dict[str, list[ImageRecord]] = {}
@@ -318,7 +319,7 @@ def build_animals(
     for label in tqdm(range(len(ANIMALS)), desc="animals", disable=not progress):
         idx = rng.permutation(np.flatnonzero(labels == label))
         if sum(sizes.values()) > len(idx):
-            raise ValueError(f"animals: class {ANIMALS[label]} has {len(idx)} images, asked for {sum(sizes.values())}")
+            raise InvalidValueError(f"animals: class {ANIMALS[label]} has {len(idx)} images, asked for {sum(sizes.values())}")
         start = 0
         for split, n in sizes.items():
             for i in sorted(int(x) for x in idx[start:start + n]):
@@ -347,7 +348,7 @@ def _check_positives(domain: str, files: dict[str, list[ImageRecord]]) -> None:
         for r in files[ev.query]:
             relevant = max(counts.get(label, 0) for label in r.labels) - (1 if ev.self_query else 0)
             if relevant < 1:
-                raise ValueError(f"demo {domain}/{ev_name}: query {r.path} has no relevant index image")
+                raise InvalidValueError(f"demo {domain}/{ev_name}: query {r.path} has no relevant index image")
 
 
 def _licenses_text(fonts: dict[str, list[Font]]) -> str:
@@ -363,7 +364,7 @@ def build_demo_benchmark(
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{root} exists and is not empty; pass overwrite=True (--overwrite) to rebuild it")
+            raise OutputExistsError(f"{root} exists and is not empty; pass overwrite=True (--overwrite) to rebuild it")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from udon_core.errors import InvalidValueError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError as err:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from err
+        raise InvalidValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from err
 
 
 def init_distributed(device: torch.device, timeout_minutes: int = 60) -> DistContext:
@@ -128,6 +129,6 @@ def check_ranks_agree(module: torch.nn.Module, ctx: DistContext) -> None:
 def shard_size(batch_size: int, ctx: DistContext) -> int:
     """Images per rank of a global batch; the global batch must split evenly over the ranks."""
     if batch_size % ctx.world_size:
-        raise ValueError(f"batch_size {batch_size} does not split over {ctx.world_size} processes: "
+        raise InvalidValueError(f"batch_size {batch_size} does not split over {ctx.world_size} processes: "
                          f"use a multiple of {ctx.world_size}")
     return batch_size // ctx.world_size

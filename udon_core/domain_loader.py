@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from udon_core.data import ImageListDataset
 from udon_core.uned import ImageRecord
+from udon_core.errors import InvalidValueError
 
 
 def stream_seed(seed: int, domain_index: int) -> int:
@@ -56,10 +57,10 @@ class StreamBatches:
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
         if n < batch_size:
-            raise ValueError(f"a domain has {n} training images, fewer than one batch of {batch_size}")
+            raise InvalidValueError(f"a domain has {n} training images, fewer than one batch of {batch_size}")
         rank, world = shard
         if not 0 <= rank < world or batch_size % world:
-            raise ValueError(f"cannot take shard {rank} of {world} from batches of {batch_size}")
+            raise InvalidValueError(f"cannot take shard {rank} of {world} from batches of {batch_size}")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         per_rank = batch_size // world
         self._slice = slice(rank * per_rank, (rank + 1) * per_rank)

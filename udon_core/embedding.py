@@ -20,6 +20,7 @@ from udon_core.benchmark import BenchmarkSpec
 from udon_core.data import ImageListDataset
 from udon_core.transforms import Preprocess, eval_transform
 from udon_core.uned import ImageRecord, records_of
+from udon_core.errors import InvalidValueError, MissingFileError, UnknownNameError
 
 EMBEDDINGS_FORMAT = "udon-embeddings/1"
 _META_KEY = "__udon_meta__"
@@ -61,7 +62,7 @@ def eval_files(spec: BenchmarkSpec, split: str) -> list[tuple[str, str]]:
     pairs = []
     for d in spec.domains:
         if split not in d.evals:
-            raise KeyError(f"domain '{d.name}' has no '{split}' evaluation split (has {sorted(d.evals)})")
+            raise UnknownNameError(f"domain '{d.name}' has no '{split}' evaluation split (has {sorted(d.evals)})")
         ev = d.evals[split]
         pairs += [(d.name, ev.query), (d.name, ev.index)]
     return list(dict.fromkeys(pairs))
@@ -123,11 +124,11 @@ class EmbeddingSet:
     def load(cls, path: str | Path) -> "EmbeddingSet":
         """Read a file written by ``save``; a ValueError names a file that is not one."""
         if not zipfile.is_zipfile(path):  # np.load would read anything else as .npy or pickle
-            raise ValueError(f"{path}: cannot read embeddings: not an .npz archive")
+            raise InvalidValueError(f"{path}: cannot read embeddings: not an .npz archive")
         with np.load(Path(path), allow_pickle=False) as z:
             meta = json.loads(str(z[_META_KEY])) if _META_KEY in z.files else {}
             if meta.get("format") != EMBEDDINGS_FORMAT:
-                raise ValueError(f"{path}: not a udon embeddings file (format {meta.get('format')!r})")
+                raise InvalidValueError(f"{path}: not a udon embeddings file (format {meta.get('format')!r})")
             vectors = {k: z[k].astype(np.float32, copy=False) for k in z.files if k != _META_KEY}
         return cls(meta["split"], vectors, meta.get("source", ""))
 
@@ -139,9 +140,9 @@ def embed_folder(model: nn.Module, folder: Path, **kw) -> tuple[list[str], np.nd
     """Embed every image under ``folder`` (recursively, sorted paths): (relative paths, ``[n, d]``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder of images")
+        raise MissingFileError(f"{folder}: not a folder of images")
     paths = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise MissingFileError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     records = [ImageRecord(p, (0,)) for p in paths]
     return paths, embed_records(model, folder, records, model.config.preprocess, images_dir=folder, **kw)

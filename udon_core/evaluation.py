@@ -13,6 +13,7 @@ from udon_core.device import resolve_device
 from udon_core.embedding import EmbeddingSet, embed_benchmark
 from udon_core.model import UdonModel
 from udon_core.retrieval import RetrievalReport, evaluate_embeddings
+from udon_core.errors import InvalidValueError
 
 ORACLE_TEACHER = "oracle-teacher"
 
@@ -54,7 +55,7 @@ def evaluate_oracle_teachers(
     """
     missing = [d for d in spec.domain_names if d not in model.domains]
     if missing:
-        raise ValueError(f"the model has no teacher head for domain(s) {missing} (it has {model.domains})")
+        raise InvalidValueError(f"the model has no teacher head for domain(s) {missing} (it has {model.domains})")
     vectors = embed_benchmark(model.teacher_embedding_model, root, manifest, spec, splits=(split,),
                               batch_size=batch_size, device=resolve_device(device), progress=progress)
     report = evaluate_embeddings(vectors, manifest, spec, split=split, protocol="separate")

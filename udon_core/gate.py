@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from udon_core.errors import InvalidValueError
 
 METRICS = ("mmp_at_5", "r_at_1")
 EPS = 1e-9  # why: "exactly at the threshold passes" must survive float sums (0.1 + 0.2 != 0.3)
@@ -98,7 +99,7 @@ def _per_domain(doc: dict[str, Any], where: str) -> dict[str, dict[str, float]]:
     try:
         return {d: {m: float(v[m]) for m in METRICS} for d, v in doc["per_domain"].items()}
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{where} metrics need per_domain.<domain>.{{mmp_at_5, r_at_1}}: {err}") from err
+        raise InvalidValueError(f"{where} metrics need per_domain.<domain>.{{mmp_at_5, r_at_1}}: {err}") from err
 
 
 def _mean(per: dict[str, dict[str, float]], metric: str) -> float:
@@ -135,7 +136,7 @@ def judge(challenger: dict[str, Any], champion: dict[str, Any] | None, policy: G
     """The gate's decision for ``challenger`` against ``champion`` (None: no champion yet)."""
     per = _per_domain(challenger, "challenger")
     if not per:
-        raise ValueError("challenger metrics have no domains")
+        raise InvalidValueError("challenger metrics have no domains")
     floors = _floors(per, policy)
     if not all(c.passed for c in floors):
         return GateVerdict(decision="reject", checks=floors, compared_with=champion_version)

@@ -1,7 +1,7 @@
 """Inspecting the benchmark's image files: does each exist, decode completely, and have a usable mode and size?
 
-Pure inspection (PIL), one row per image; the data validator turns the table into expectations. Decoding
-is complete (``Image.load()``), so a truncated file fails here with PIL's own message instead of in a
+Pure inspection, one row per image; the data validator turns the table into expectations. Decoding is
+complete and uses the training loader, so a truncated file fails here with one sentence instead of in a
 data-loader worker hours into training. PIL's global ``LOAD_TRUNCATED_IMAGES`` is left as it is (off).
 """
 
@@ -12,23 +12,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+
+from udon_core.errors import ImageFileError
+from udon_core.transforms import open_rgb
 
 COLUMNS = ("exists", "decodes", "mode", "width", "height", "error")
 
 
 def inspect_image(path: Path) -> dict[str, object]:
-    """``{exists, decodes, mode, width, height, error}`` of one file (never raises for a bad image)."""
+    """``{exists, decodes, mode, width, height, error}`` of one file (never raises for a bad image).
+
+    The file goes through the loader training and evaluation use (``open_rgb``: complete decode and the
+    conversion to RGB), so what passes here is what they will read; ``mode`` is the file's own mode.
+    """
     if not path.is_file():
         return {"exists": False, "decodes": False, "mode": None, "width": 0, "height": 0, "error": "missing"}
     try:
-        with Image.open(path) as image:
-            image.load()  # the whole file: truncation shows up here, not at Image.open
-            return {"exists": True, "decodes": True, "mode": image.mode, "width": image.width,
-                    "height": image.height, "error": None}
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        return {"exists": True, "decodes": False, "mode": None, "width": 0, "height": 0,
-                "error": f"{type(err).__name__}: {err}"}
+        image, mode = open_rgb(path)
+    except ImageFileError as err:
+        return {"exists": True, "decodes": False, "mode": None, "width": 0, "height": 0, "error": err.reason}
+    return {"exists": True, "decodes": True, "mode": mode, "width": image.width, "height": image.height,
+            "error": None}
 
 
 def sample_rows(manifest: pd.DataFrame, sample: int | None, seed: int = 0) -> pd.DataFrame:

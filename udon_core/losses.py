@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from udon_core.errors import InvalidValueError
 
 
 class LossConfig(BaseModel):
@@ -41,7 +42,7 @@ class LossConfig(BaseModel):
     @model_validator(mode="after")
     def _some_weight(self) -> "LossConfig":
         if sum(self.weights().values()) <= 0:
-            raise ValueError("at least one loss weight must be positive")
+            raise InvalidValueError("at least one loss weight must be positive")
         return self
 
     def weights(self) -> dict[str, float]:

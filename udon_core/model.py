@@ -22,7 +22,7 @@ from torch import nn
 
 from udon_core.backbone import BackboneConfig, create_backbone
 from udon_core.checkpoint import file_sha256
-from udon_core.errors import CheckpointError
+from udon_core.errors import CheckpointError, InvalidValueError
 from udon_core.transforms import Preprocess
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class UdonModel(nn.Module):
         super().__init__()
         bad = [d for d in classes if not d.isidentifier()]
         if bad:
-            raise ValueError(f"domain names must be identifiers to name their heads, got {bad}")
+            raise InvalidValueError(f"domain names must be identifiers to name their heads, got {bad}")
         self.config = cfg
         self.domains = list(classes)
         self.backbone, dim = create_backbone(cfg.backbone)

@@ -24,6 +24,7 @@ from udon_core.offline import OfflineUdonTask
 from udon_core.task import UdonTask
 from udon_core.teachers import FrozenTeacher, Normalization, create_teachers
 from udon_core.unic import CombinedTask, UnicTask
+from udon_core.errors import InvalidValueError
 
 if TYPE_CHECKING:
     from udon_core.trainer import TrainConfig
@@ -41,12 +42,12 @@ def load_specialists(folders: dict[str, str], domains: list[str]) -> tuple[dict[
     """
     missing = [d for d in domains if d not in folders]
     if missing:
-        raise ValueError(f"udon-offline needs a specialist for every domain: none for {missing} (train.specialists)")
+        raise InvalidValueError(f"udon-offline needs a specialist for every domain: none for {missing} (train.specialists)")
     teachers, weights = {}, {}
     for domain in domains:
         specialist = UdonModel.load(Path(folders[domain]))
         if domain not in specialist.domains:
-            raise ValueError(f"{folders[domain]}: the specialist for '{domain}' was trained on {specialist.domains}")
+            raise InvalidValueError(f"{folders[domain]}: the specialist for '{domain}' was trained on {specialist.domains}")
         pre = specialist.config.preprocess
         teachers[domain] = FrozenTeacher(domain, specialist.backbone, Normalization(pre.mean, pre.std),
                                          pre.image_size, head=specialist.student, interpolation="bilinear")

@@ -16,6 +16,7 @@ from torch import nn
 from udon_core.losses import LossConfig, classification_loss, kl_distillation, precision_at_1, relational_distillation
 from udon_core.model import UdonModel
 from udon_core.teachers import FrozenTeacher, Normalization
+from udon_core.errors import InvalidValueError
 
 OFFLINE_TERMS = ("student_ce", "kl", "relational")
 
@@ -37,16 +38,16 @@ class OfflineUdonTask(nn.Module):
         for name, table in (("teachers", teachers), ("class_weights", class_weights)):
             missing = sorted(set(model.domains) - set(table))
             if missing:
-                raise ValueError(f"OfflineUdonTask: no {name} for domains {missing}")
+                raise InvalidValueError(f"OfflineUdonTask: no {name} for domains {missing}")
         for d in model.domains:
             if teachers[d].head is None:
-                raise ValueError(f"teacher of domain {d!r} has no embedding head (use an exported udon model)")
+                raise InvalidValueError(f"teacher of domain {d!r} has no embedding head (use an exported udon model)")
             n_classes = model.student_classifiers[d].weight.shape[0]
             if class_weights[d].ndim != 2 or class_weights[d].shape[0] != n_classes:
                 found = tuple(class_weights[d].shape)
-                raise ValueError(f"class weights of domain {d!r}: shape {found}, the domain has {n_classes} classes")
+                raise InvalidValueError(f"class weights of domain {d!r}: shape {found}, the domain has {n_classes} classes")
         if sum(loss.weights()[k] for k in OFFLINE_TERMS) <= 0:
-            raise ValueError("udon-offline needs a positive student_ce, kl or relational weight")
+            raise InvalidValueError("udon-offline needs a positive student_ce, kl or relational weight")
         self.model, self.loss = model, loss
         self.teachers = nn.ModuleDict({d: teachers[d] for d in model.domains})
         for d in model.domains:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from udon_core.errors import InvalidValueError
 
 
 def deep_merge(base: Mapping, override: Mapping) -> dict:
@@ -25,7 +26,7 @@ def parse_override(text: str) -> dict:
     """
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"override '{text}' is not of the form key.path=value")
+        raise InvalidValueError(f"override '{text}' is not of the form key.path=value")
     tree: Any = yaml.safe_load(value) if value else None
     for part in reversed(key.strip().split(".")):
         tree = {part: tree}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from udon_core.retrieval import RetrievalReport
+from udon_core.errors import InvalidValueError
 
 METRICS = (("r_at_1", "R@1"), ("mmp_at_5", "mMP@{k}"))
 
@@ -70,7 +71,7 @@ def _titles(reports: dict[str, RetrievalReport]) -> str:
 def format_comparison(reports: dict[str, RetrievalReport]) -> str:
     """Several reports side by side as aligned text, e.g. ``{"untrained (step 0)": r0, "trained": r1}``."""
     if not reports:
-        raise ValueError("no reports to compare")
+        raise InvalidValueError("no reports to compare")
     return "\n".join([_titles(reports), *_aligned(*comparison_rows(reports))])
 
 
@@ -106,7 +107,7 @@ def plot_report(reports: dict[str, RetrievalReport], path: str | Path) -> Path:
     import numpy as np
 
     if not reports:
-        raise ValueError("no reports to plot")
+        raise InvalidValueError("no reports to plot")
     domains = _domains(reports) + ["mean"]
     first = next(iter(reports.values()))
     fig, axes = plt.subplots(1, len(METRICS), figsize=(max(6.0, 1.1 * len(domains) * len(METRICS)), 3.6), sharey=True)

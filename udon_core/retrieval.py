@@ -26,6 +26,7 @@ import pandas as pd
 
 from udon_core.benchmark import BenchmarkSpec
 from udon_core.uned import records_of
+from udon_core.errors import InvalidValueError, UnknownNameError
 
 Backend = Literal["auto", "faiss", "torch"]
 Protocol = Literal["merged", "separate"]
@@ -42,7 +43,7 @@ def resolve_backend(backend: Backend = "auto") -> str:
     if backend in ("faiss", "torch"):
         return backend
     if backend != "auto":
-        raise ValueError(f"unknown kNN backend '{backend}' (auto, faiss, torch)")
+        raise InvalidValueError(f"unknown kNN backend '{backend}' (auto, faiss, torch)")
     try:
         import faiss
     except ImportError:
@@ -123,13 +124,13 @@ def knn_search(
     of several tied images fills the last kept place is backend-defined too); the scores are the same.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InvalidValueError(f"k must be >= 1, got {k}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     index = np.ascontiguousarray(index, dtype=np.float32)
     if queries.ndim != 2 or index.ndim != 2 or queries.shape[1] != index.shape[1]:
-        raise ValueError(f"queries {queries.shape} and index {index.shape} must be [n, d] with the same d")
+        raise InvalidValueError(f"queries {queries.shape} and index {index.shape} must be [n, d] with the same d")
     if exclude is not None and len(exclude) != len(queries):
-        raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
+        raise InvalidValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
     kk = min(k + (exclude is not None), len(index))
     if len(queries) == 0 or kk == 0:
         scores, ids = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
@@ -156,7 +157,7 @@ class LabelSets:
     def from_lists(cls, labels: Sequence[Sequence[int]]) -> "LabelSets":
         lengths = np.fromiter(map(len, labels), dtype=np.int64, count=len(labels))
         if (lengths == 0).any():
-            raise ValueError(f"image {int(np.argmax(lengths == 0))} has no label")
+            raise InvalidValueError(f"image {int(np.argmax(lengths == 0))} has no label")
         if (lengths == 1).all():  # the common case, without a Python set per image
             values = np.fromiter((x[0] for x in labels), dtype=np.int64, count=len(labels))
         else:
@@ -313,10 +314,10 @@ class _Set:
 def _load_set(embeddings: dict[str, np.ndarray], manifest: pd.DataFrame, domain: str, stem: str) -> _Set:
     key = f"{domain}/{stem}"
     if key not in embeddings:
-        raise KeyError(f"no embeddings for '{key}' (have {sorted(embeddings)})")
+        raise UnknownNameError(f"no embeddings for '{key}' (have {sorted(embeddings)})")
     labels = [r.labels for r in records_of(manifest, domain, stem)]
     if len(labels) != len(embeddings[key]):
-        raise ValueError(f"'{key}': {len(embeddings[key])} embeddings for {len(labels)} manifest records")
+        raise InvalidValueError(f"'{key}': {len(embeddings[key])} embeddings for {len(labels)} manifest records")
     return _Set(np.asarray(embeddings[key], dtype=np.float32), LabelSets.from_lists(labels))
 
 
@@ -350,10 +351,10 @@ def evaluate_embeddings(
     official code for self-query sets (drop the first neighbour whatever it is, n_q - 1).
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol '{protocol}' ({', '.join(PROTOCOLS)})")
+        raise InvalidValueError(f"unknown protocol '{protocol}' ({', '.join(PROTOCOLS)})")
     for d in spec.domains:
         if split not in d.evals:
-            raise KeyError(f"domain '{d.name}' has no '{split}' evaluation split (has {sorted(d.evals)})")
+            raise UnknownNameError(f"domain '{d.name}' has no '{split}' evaluation split (has {sorted(d.evals)})")
     stems = {s for d in spec.domains for s in (d.evals[split].query, d.evals[split].index)}
     manifest = manifest[manifest["split"].isin(stems)]  # why: records_of scans the manifest once per file
     groups = [list(spec.domain_names)] if protocol == "merged" else [[n] for n in spec.domain_names]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from udon_core.errors import InvalidValueError
 
 Strategy = Literal["dynamic", "round_robin", "dataset_size", "balanced"]
 
@@ -52,9 +53,9 @@ class DomainSampler:
 
     def __init__(self, sizes: list[int], cfg: SamplerConfig, total_steps: int, seed: int = 0) -> None:
         if not sizes:
-            raise ValueError("the sampler needs at least one domain")
+            raise InvalidValueError("the sampler needs at least one domain")
         if total_steps < 1:
-            raise ValueError(f"total_steps must be positive, got {total_steps}")
+            raise InvalidValueError(f"total_steps must be positive, got {total_steps}")
         self.cfg, self.total_steps, self.seed = cfg, total_steps, seed
         n = len(sizes)
         sizes_arr = np.asarray(sizes, dtype=np.float64)

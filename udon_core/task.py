@@ -14,6 +14,7 @@ from torch import nn
 
 from udon_core.losses import LossConfig, classification_loss, kl_distillation, precision_at_1, relational_distillation
 from udon_core.model import UdonModel
+from udon_core.errors import InvalidValueError
 
 
 class UdonTask(nn.Module):
@@ -40,7 +41,7 @@ class UdonTask(nn.Module):
         self.student_head_group = student_head_group
         self.student_classifier = student_classifier
         if student_classifier == "joint" and self.uses_teachers:
-            raise ValueError("a joint student classifier is a UnED baseline: it has no teachers to distil from "
+            raise InvalidValueError("a joint student classifier is a UnED baseline: it has no teachers to distil from "
                              "(set the teacher_ce, kl and relational weights to 0, or use 'separate')")
         sizes = [model.student_classifiers[d].weight.shape[0] for d in model.domains]
         self._offsets = dict(zip(model.domains, [sum(sizes[:i]) for i in range(len(sizes))], strict=True))

@@ -25,6 +25,7 @@ from torch import nn
 
 from udon_core.backbone import HUB, LITE0_PACKAGE, BackboneConfig, load_pretrained
 from udon_core.model import load_embedding_model
+from udon_core.errors import InvalidValueError
 
 RGB = tuple[float, float, float]
 
@@ -57,11 +58,11 @@ class TeacherConfig(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
         if not self.name.isidentifier():
-            raise ValueError(f"teacher name {self.name!r} must be an identifier (it names modules and metrics)")
+            raise InvalidValueError(f"teacher name {self.name!r} must be an identifier (it names modules and metrics)")
         if (self.timm_model is None) == (self.udon_model is None):
-            raise ValueError(f"teacher {self.name!r}: set exactly one of timm_model and udon_model")
+            raise InvalidValueError(f"teacher {self.name!r}: set exactly one of timm_model and udon_model")
         if self.udon_model is not None and self.weights is not None:
-            raise ValueError(f"teacher {self.name!r}: 'weights' is for timm teachers; udon models hold their own")
+            raise InvalidValueError(f"teacher {self.name!r}: 'weights' is for timm teachers; udon models hold their own")
         return self
 
 
@@ -202,7 +203,7 @@ def _timm_teacher(cfg: TeacherConfig) -> tuple[nn.Module, Normalization, int, st
     if _is_file(cfg.weights):
         path = Path(cfg.weights)
         if not path.is_file():
-            raise ValueError(f"teacher {cfg.name!r}: weights file not found: {path}")
+            raise InvalidValueError(f"teacher {cfg.name!r}: weights file not found: {path}")
         # why: timm's own loader applies the architecture's checkpoint filter (e.g. position-embedding resampling).
         kwargs["pretrained_cfg_overlay"] = {"file": str(path), "custom_load": path.suffix == ".npz"}
     if cfg.img_size is not None:
@@ -240,6 +241,6 @@ def create_teachers(cfgs: list[TeacherConfig] | tuple[TeacherConfig, ...]) -> li
     names = [c.name for c in cfgs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"teacher names must be unique, repeated: {dupes}")
+        raise InvalidValueError(f"teacher names must be unique, repeated: {dupes}")
     return [create_teacher(c) for c in cfgs]
 

@@ -35,6 +35,7 @@ from udon_core.overrides import deep_merge, parse_override
 from udon_core.checkpoint import checkpoint_files
 from udon_core.trainer import TrainConfig, TrainResult, train
 from udon_core.uned import num_train_classes, read_manifest
+from udon_core.errors import InvalidValueError, UdonUserError
 
 DATA_ENV, CHECKPOINT_ENV = "UDON_DATA_ROOT", "UDON_CHECKPOINT_DIR"
 EXPORT_DIR = "model"  # the deployable model: backbone + student head
@@ -56,7 +57,7 @@ class TrainingConfig(BaseModel):
     )
 
 
-class RunFileError(ValueError):
+class RunFileError(UdonUserError, ValueError):
     """A run configuration file that cannot be used, with the file and field named."""
 
 
@@ -98,7 +99,7 @@ def build_model(config: TrainingConfig, manifest: pd.DataFrame, spec: BenchmarkS
     if config.train.domains is not None:
         unknown = sorted(set(config.train.domains) - set(classes))
         if unknown:
-            raise ValueError(f"train.domains names {unknown}, not domains of benchmark '{spec.name}' "
+            raise InvalidValueError(f"train.domains names {unknown}, not domains of benchmark '{spec.name}' "
                              f"({', '.join(classes)})")
         classes = {d: n for d, n in classes.items() if d in config.train.domains}
     torch.manual_seed(config.train.seed)  # heads are randomly initialised: same seed, same model
@@ -173,11 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = resolve_benchmark_spec(benchmark, root)
         manifest = read_manifest(root, spec)
         folder = _checkpoint_dir(args.checkpoint_dir, config, args.resume)
-    except (RunFileError, ValueError, OSError) as err:  # InfoFileError is a ValueError naming the file
+        model = build_model(config, manifest, spec)
+        result = run_training(model, config, root, manifest, spec, checkpoint_dir=folder,
+                              progress=not args.no_progress)
+    except UdonUserError as err:  # bad data, configuration or checkpoint: one sentence; anything else is a bug
         print(f"error: {err}", file=sys.stderr)
         return 2
-    model = build_model(config, manifest, spec)
-    result = run_training(model, config, root, manifest, spec, checkpoint_dir=folder, progress=not args.no_progress)
     if current_context().is_main:
         out = result.model.embedding_model().save(folder / EXPORT_DIR)
         result.model.save(folder / TRAINING_MODEL_DIR)

@@ -33,7 +33,7 @@ from udon_core.device import resolve_device
 from udon_core.distributed import (
     DistContext, broadcast_from_main, check_ranks_agree, init_distributed, mean_over_ranks, shard_size,
 )
-from udon_core.errors import CheckpointError
+from udon_core.errors import CheckpointError, InvalidValueError, UnknownNameError
 from udon_core.domain_loader import DomainStream, stream_seed
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
@@ -150,12 +150,12 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _method_has_what_it_needs(self) -> "TrainConfig":
         if self.method == "specialist" and (self.domains is None or len(self.domains) != 1):
-            raise ValueError("method 'specialist' trains one model per domain: set domains to exactly one "
+            raise InvalidValueError("method 'specialist' trains one model per domain: set domains to exactly one "
                              "domain, e.g. domains: [inshop], and run once per domain")
         if self.method in UNIC_METHODS and not self.unic.teachers:
-            raise ValueError(f"method '{self.method}' distils frozen teachers: list them in unic.teachers")
+            raise InvalidValueError(f"method '{self.method}' distils frozen teachers: list them in unic.teachers")
         if self.method == "udon-offline" and not self.specialists:
-            raise ValueError("method 'udon-offline' distils per-domain specialists: set specialists "
+            raise InvalidValueError("method 'udon-offline' distils per-domain specialists: set specialists "
                              "{domain: <training_model folder of its specialist run>}")
         return self
 
@@ -267,7 +267,7 @@ def per_rank_loss(loss: LossConfig, ctx: DistContext) -> LossConfig:
     if not ctx.enabled or loss.relational != "chunks":
         return loss
     if loss.relational_chunks % ctx.world_size:
-        raise ValueError(f"relational_chunks={loss.relational_chunks} does not split over {ctx.world_size} "
+        raise InvalidValueError(f"relational_chunks={loss.relational_chunks} does not split over {ctx.world_size} "
                          "processes: use a divisor of it, or relational='full' (per-rank pairs)")
     return loss.model_copy(update={"relational_chunks": loss.relational_chunks // ctx.world_size})
 
@@ -325,7 +325,7 @@ def train_step(loop: _Loop, cfg: TrainConfig) -> dict[str, torch.Tensor | float]
     if cfg.sampler.strategy == "dynamic":
         signal = out.get(cfg.sampler.signal)
         if signal is None:
-            raise KeyError(f"the dynamic sampler needs '{cfg.sampler.signal}', the task returns {sorted(out)}")
+            raise UnknownNameError(f"the dynamic sampler needs '{cfg.sampler.signal}', the task returns {sorted(out)}")
         # why: the official signal is the loss summed over examples, divided by the examples in the window;
         # averaged over ranks (equal slices) so every rank's sampler stays identical.
         batch = labels.shape[0] * loop.dist.world_size

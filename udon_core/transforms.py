@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms import v2 as T
+
+from udon_core.errors import ImageFileError
 
 
 class Preprocess(BaseModel):
@@ -31,20 +34,64 @@ class Preprocess(BaseModel):
         return int(round(self.image_size * self.resize_ratio))
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image and convert it to RGB, compositing transparency onto white.
+def _to_8_bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit 'L', scaled, not clipped.
 
-    why: emoji artwork is RGBA with a transparent background; converting straight to RGB would turn the
-    background black in some files and white in others depending on the stored colour of clear pixels.
+    why: ``convert("RGB")`` clips these modes at 255, which turns almost every pixel of a 16-bit scan white.
+    16-bit modes are divided by 257 (65535 -> 255); 'I' (how some decoders return 16-bit data) is taken as
+    16-bit when any value exceeds 255; 'F' in [0, 1] is scaled to [0, 255].
     """
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            canvas.alpha_composite(rgba)
-            return canvas.convert("RGB")
-        return im.convert("RGB")
+    values = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16") or (im.mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0
+    elif im.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def open_rgb(path: str | Path) -> tuple[Image.Image, str]:
+    """``(the image as 8-bit RGB, the file's own mode)``: the one image reader of training, evaluation,
+    validation and ``udon embed``. Transparency is composited onto white, high-bit-depth grayscale is
+    scaled to 8 bits, CMYK and palette images are converted by PIL.
+
+    Raises:
+        ImageFileError: naming the file and what is wrong (missing, empty, not an image, truncated, a
+            decompression bomb); never a raw PIL exception.
+
+    why white: emoji artwork is RGBA with a transparent background; converting straight to RGB would turn
+    the background black in some files and white in others depending on the stored colour of clear pixels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFileError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageFileError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()  # the whole file: truncation shows up here
+            return _rgb(im), im.mode
+    except Image.DecompressionBombError as err:
+        raise ImageFileError(path, f"refused as a decompression bomb ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageFileError(path, "not an image file PIL can read") from err
+    except (OSError, ValueError, SyntaxError) as err:  # PIL reports damaged data with these
+        raise ImageFileError(path, f"cannot be decoded ({type(err).__name__}: {err})") from err
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        return _to_8_bit(im).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB (see ``open_rgb``)."""
+    return open_rgb(path)[0]
 
 
 def train_transform(p: Preprocess) -> T.Compose:

@@ -26,6 +26,7 @@ from torch import nn
 
 from udon_core.model import UdonModel
 from udon_core.teachers import FrozenTeacher, Normalization, TeacherConfig
+from udon_core.errors import InvalidValueError
 
 TOKEN_TYPES = ("cls", "patch")
 # Official epsilons (research/unic.md 2.2, utils.py::standard_normalize): added to the batch std, and again
@@ -64,7 +65,7 @@ class UnicConfig(BaseModel):
     def _unique_teachers(self) -> "UnicConfig":
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
-            raise ValueError(f"UnicConfig.teachers: names must be unique, got {names}")
+            raise InvalidValueError(f"UnicConfig.teachers: names must be unique, got {names}")
         return self
 
 
@@ -108,7 +109,7 @@ class RunningStandardizer(nn.Module):
         if momentum > 0:
             rows = _global_rows(y.reshape(-1, y.shape[-1]))
             if rows.shape[0] < 2:
-                raise ValueError("teacher statistics need at least 2 rows per step (batch size >= 2)")
+                raise InvalidValueError("teacher statistics need at least 2 rows per step (batch size >= 2)")
             self.mean.mul_(1 - momentum).add_(rows.mean(0), alpha=momentum)
             self.std.mul_(1 - momentum).add_(rows.std(0) + STD_EPS, alpha=momentum)
         return out
@@ -142,7 +143,7 @@ class ProjectorLadder(nn.Module):
     def forward(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         """``tokens``: one ``[B, D_s]`` or ``[B, N, D_s]`` per tapped block -> summed ``[..., D_t]``."""
         if len(tokens) != len(self.mlps):
-            raise ValueError(f"the ladder has {len(self.mlps)} rungs, got {len(tokens)} block outputs")
+            raise InvalidValueError(f"the ladder has {len(self.mlps)} rungs, got {len(tokens)} block outputs")
         return torch.stack([mlp(x) for mlp, x in zip(self.mlps, tokens, strict=True)]).sum(0)
 
 
@@ -246,7 +247,7 @@ class UnicProjectors(nn.Module):
 def _vit_student(model: UdonModel) -> nn.Module:
     backbone = model.backbone
     if not hasattr(backbone, "blocks") or getattr(backbone, "cls_token", None) is None:
-        raise ValueError(f"UNIC needs a timm ViT student with a class token, got {model.config.backbone.name}")
+        raise InvalidValueError(f"UNIC needs a timm ViT student with a class token, got {model.config.backbone.name}")
     return backbone
 
 
@@ -267,13 +268,13 @@ class UnicTask(nn.Module):
     def __init__(self, model: UdonModel, teachers: Sequence[FrozenTeacher], cfg: UnicConfig, total_steps: int) -> None:
         super().__init__()
         if not teachers:
-            raise ValueError("UNIC needs at least one teacher (UnicConfig.teachers is empty)")
+            raise InvalidValueError("UNIC needs at least one teacher (UnicConfig.teachers is empty)")
         backbone = _vit_student(model)
         depth = len(backbone.blocks)
         self.block_ids = list(range(depth)) if cfg.which_blocks is None else list(cfg.which_blocks)
         bad = [b for b in self.block_ids if not 0 <= b < depth]
         if bad or not self.block_ids:
-            raise ValueError(f"UnicConfig.which_blocks {cfg.which_blocks}: the student has blocks 0..{depth - 1}")
+            raise InvalidValueError(f"UnicConfig.which_blocks {cfg.which_blocks}: the student has blocks 0..{depth - 1}")
         self.cfg, self.total_steps, self.model = cfg, total_steps, model
         self.teachers = nn.ModuleDict({t.name: t for t in teachers})
         dims = {t.name: t.num_features for t in teachers}
@@ -359,7 +360,7 @@ class CombinedTask(nn.Module):
     def __init__(self, udon: nn.Module, unic: UnicTask, weight: float) -> None:
         super().__init__()
         if udon.model is not unic.model:
-            raise ValueError("CombinedTask: both tasks must train the same UdonModel")
+            raise InvalidValueError("CombinedTask: both tasks must train the same UdonModel")
         self.udon, self.unic, self.weight = udon, unic, weight
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,8 +39,8 @@ def test_unknown_extra_keys_are_ignored(tmp_path):
 @pytest.mark.parametrize(
     "item, fragment",
     [
-        ({"path": "a.jpg"}, "missing field(s) ['class_id']"),
-        ({"class_id": 1}, "missing field(s) ['path']"),
+        ({"path": "a.jpg"}, "missing field 'class_id'"),
+        ({"class_id": 1}, "missing field 'path'"),
         ({"path": "a.jpg", "class_id": True}, "'class_id' must be an int"),
         ({"path": "a.jpg", "class_id": "3"}, "'class_id' must be an int"),
         ({"path": "a.jpg", "class_id": []}, "'class_id' must be an int"),
@@ -54,6 +55,30 @@ def test_bad_records_name_the_file_and_row(tmp_path, item, fragment):
     with pytest.raises(InfoFileError) as err:
         read_info_file(f)
     assert f"{f} row 1" in str(err.value) and fragment in str(err.value)
+
+
+def test_every_defect_of_every_info_file_is_reported_at_once(tmp_path):
+    root = tmp_path / "bench"
+    spec = BenchmarkSpec(name="two", domains=(
+        DomainSpec(name="shop", evals={"test": EvalSet(query="query", index="index")}),
+        DomainSpec(name="art", evals={"test": EvalSet(query="test", index="test")}, classes_disjoint=False)))
+    _write(info_file_path(root, "shop", "train"), [{"path": "a.jpg", "class_id": 0}, {"path": "b.jpg"},
+                                                   {"path": "../c.jpg", "class_id": "x"}])
+    (info_file_path(root, "shop", "query")).write_text("[{")  # malformed JSON
+    _write(info_file_path(root, "art", "train"), {"not": "a list"})
+    _write(info_file_path(root, "art", "test"), [{"path": "", "class_id": True}])
+    # shop/index.json is missing
+    problems: list = []
+    manifest = read_manifest(root, spec, problems)
+    assert list(manifest["path"]) == ["a.jpg"]  # the valid records, with their file rows
+    found = {(Path(p.file).parent.name + "/" + Path(p.file).name, p.row, p.field) for p in problems}
+    assert found == {("shop/train.json", 1, "class_id"), ("shop/train.json", 2, "path"),
+                     ("shop/train.json", 2, "class_id"), ("shop/query.json", None, None),
+                     ("shop/index.json", None, None), ("art/train.json", None, None),
+                     ("art/test.json", 0, "path"), ("art/test.json", 0, "class_id")}
+    with pytest.raises(InfoFileError) as err:
+        read_manifest(root, spec)
+    assert str(err.value).startswith("8 problem(s) in info files:") and len(str(err.value).splitlines()) == 9
 
 
 def test_not_json_and_not_a_list_and_missing(tmp_path):

@@ -52,10 +52,12 @@ def test_positives_count_shared_labels_and_exclude_the_query_itself():
     assert all(math.isnan(counts[i]) for i in (0, 1, 4, 5, 6, 7, 8))
 
 
-def test_leaks_only_checked_where_classes_must_be_disjoint():
-    rows = ROWS + [("shop", "index", 3, "s/leak.png", [1])]
+def test_leaks_are_queries_of_train_classes_where_classes_must_be_disjoint():
+    rows = ROWS + [("shop", "index", 3, "s/distractor.png", [1]),  # an index distractor of a train class: fine
+                   ("shop", "test", 2, "s/leak.png", [1]),          # a query of a train class: leaked
+                   ("cars", "test", 3, "c/seen.png", [1])]          # cars classes are shared by design
     leaked = leaked_labels(manifest(rows), SPEC)
-    assert leaked.tolist() == [False] * len(ROWS) + [True]
+    assert leaked.tolist() == [False] * len(ROWS) + [False, True, False]
 
 
 def test_clean_manifest_passes(tmp_path):
@@ -71,7 +73,8 @@ def test_each_corruption_is_reported_with_its_rows(tmp_path):
         ("cars", "train", 2, "c/big.png", [7]),        # class id out of range for cars (2 classes)
         ("shop", "test", 2, "s/lonely.png", [99]),      # query with no relevant index image
         ("cars", "test", 2, "c/a.png", [0]),            # the same image twice
-        ("shop", "index", 3, "s/leak.png", [1]),         # a train class in the test index
+        ("shop", "test", 3, "s/leak.png", [1]),          # a query of a train class
+        ("shop", "index", 3, "s/q-leak.png", [1]),       # ... and its positive
     ]
     m = manifest(rows)
     write_images(tmp_path, m)
@@ -84,7 +87,7 @@ def test_each_corruption_is_reported_with_its_rows(tmp_path):
     assert failed[("expect_column_values_to_be_between", "n_positives")] == [("shop", "test", 2, "s/lonely.png")]
     assert ("cars", "test", 2, "c/a.png") in failed[("expect_column_values_to_be_unique", "image_key")]
     assert failed[("expect_column_values_to_be_in_set", "file_exists")] == [("shop", "index", 1, "s/i1.png")]
-    assert failed[("expect_column_values_to_be_in_set", "label_leaked")] == [("shop", "index", 3, "s/leak.png")]
+    assert failed[("expect_column_values_to_be_in_set", "label_leaked")] == [("shop", "test", 3, "s/leak.png")]
     summary = report.summary()
     assert "cars/train.json row 2: c/big.png" in summary and "s/lonely.png" in summary
     assert "c/big.png" in report_html(report)
@@ -108,9 +111,9 @@ def test_rare_train_classes_are_a_warning_by_default_and_can_stop_the_run(tmp_pa
     (rare,) = [o for o in report.outcomes if o.column == "class_size"]
     assert rare.severity == "warning" and not rare.success
     assert {r.path for r in rare.rows} == {"s/t0.png", "s/t1.png", "c/t1.png"}  # one image each
-    strict = ValidationConfig(class_size_severity="critical", min_images_per_class=1)
+    strict = ValidationConfig(severity={"class_size": "critical"}, min_images_per_class=1)
     assert run_suite(frame, manifest_suite(SPEC, CLASSES, config=strict)).success  # 1 image is enough here
-    strict = ValidationConfig(class_size_severity="critical")
+    strict = ValidationConfig(severity={"class_size": "critical"})
     assert not run_suite(frame, manifest_suite(SPEC, CLASSES, config=strict)).success
 
 
@@ -144,7 +147,8 @@ def test_image_suite_names_every_bad_file_with_its_reason(tmp_path):
     by_column = {o.column: o for o in report.outcomes if not o.success}
     errors = {r.path: r.value for r in by_column["error"].rows}
     assert set(errors) == {"c/truncated.png", "c/empty.png", "c/text.png"} and by_column["error"].severity == "critical"
-    assert "truncated" in errors["c/truncated.png"] and "cannot identify image file" in errors["c/text.png"]
+    assert "truncated" in errors["c/truncated.png"] and errors["c/text.png"] == "not an image file PIL can read"
+    assert errors["c/empty.png"] == "empty file (0 bytes)"
     assert [r.path for r in by_column["mode"].rows] == ["c/cmyk.jpg"] and by_column["mode"].severity == "warning"
     assert [r.path for r in by_column["width"].rows] == ["c/tiny.png"] and "height" not in by_column
     assert "cars/train.json row 1: c/truncated.png" in report.summary()
@@ -158,3 +162,85 @@ def test_images_are_sampled_reproducibly_in_manifest_order(tmp_path):
     a, b = sample_rows(m, 5, seed=1), sample_rows(m, 5, seed=1)
     assert a.index.tolist() == b.index.tolist() == sorted(a.index) and len(a) == 5
     assert sample_rows(m, 5, seed=2).index.tolist() != a.index.tolist()
+
+
+def test_a_symlink_leaving_the_images_folder_is_refused_by_name(tmp_path):
+    m = manifest([r for r in ROWS if r[3] != "c/c.png"])
+    write_images(tmp_path, m)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    outside.write_bytes(b"png")
+    (tmp_path / "images" / "c" / "t1.png").unlink()
+    (tmp_path / "images" / "c" / "t1.png").symlink_to(outside)
+    (tmp_path / "images" / "c" / "inside.png").symlink_to(tmp_path / "images" / "c" / "t0.png")  # fine
+    cache = tmp_path.parent / f"{tmp_path.name}-dvc-cache"
+    cache.mkdir()
+    (cache / "ab12").write_bytes(b"png")
+    (tmp_path / "images" / "c" / "cached.png").symlink_to(cache / "ab12")  # DVC's cache.type symlink: fine
+    m = manifest([r for r in ROWS if r[3] != "c/c.png"] + [("cars", "train", 2, "c/inside.png", [1]),
+                                                          ("cars", "train", 3, "c/cached.png", [1])])
+    report = run_suite(annotate_manifest(m, SPEC, tmp_path, CLASSES, link_roots=[cache]),
+                       manifest_suite(SPEC, CLASSES))
+    (failed,) = report.critical_failures
+    assert failed.check == "path_inside_root" and [r.path for r in failed.rows] == ["c/t1.png"]
+    outside_cache = annotate_manifest(m, SPEC, tmp_path, CLASSES)  # without the cache as a link root
+    assert outside_cache.loc[outside_cache["path"] == "c/cached.png", "inside_root"].item() is False
+
+
+def test_inferred_class_counts_must_be_dense_and_the_report_says_where_counts_come_from(tmp_path):
+    stated = SPEC.model_copy(update={"domains": (SPEC.domains[0], SPEC.domains[1].model_copy(
+        update={"num_train_classes": 2}))})
+    rows = [r for r in ROWS if r[3] != "c/c.png"] + [("shop", "train", 2, "s/stray.png", [5000])]
+    m = manifest(rows)
+    write_images(tmp_path, m)
+    classes = {"shop": 5001, "cars": 2}  # as num_train_classes infers it: the largest id + 1
+    sources = {"shop": "inferred from the data: largest train class id + 1", "cars": "num_train_classes in ..."}
+    report = run_suite(annotate_manifest(m, stated, tmp_path, classes),
+                       manifest_suite(stated, classes, config=ValidationConfig(), sources=sources))
+    (failed,) = report.critical_failures
+    assert failed.check == "train_labels_dense" and [r.path for r in failed.rows] == ["s/stray.png"]
+    assert "inferred from the data" in failed.note
+    ranges = [o for o in report.outcomes if o.check == "train_label_in_range"]
+    assert {o.note for o in ranges} == {"shop: 5001 classes, inferred from the data: largest train class id + 1",
+                                        "cars: 2 classes, num_train_classes in ..."}
+    assert "train_labels_dense" in report.summary() and "inferred from the data" in report.summary()
+
+
+def test_every_check_has_a_configurable_severity(tmp_path):
+    from steps.expectations import CHECKS
+
+    rows = [r for r in ROWS if r[3] != "c/c.png"] + [("shop", "test", 2, "s/lonely.png", [99])]
+    m = manifest(rows)
+    write_images(tmp_path, m)
+    frame = annotate_manifest(m, SPEC, tmp_path, CLASSES)
+    assert not run_suite(frame, manifest_suite(SPEC, CLASSES)).success
+    relaxed = ValidationConfig(severity={"query_has_positive": "warning"})
+    report = run_suite(frame, manifest_suite(SPEC, CLASSES, config=relaxed))
+    assert report.success and [o.check for o in report.warnings] == ["query_has_positive", "class_size"]
+    off = run_suite(frame, manifest_suite(SPEC, CLASSES, config=ValidationConfig(severity={"query_has_positive": "off"})))
+    assert off.success and "query_has_positive" not in {o.check for o in off.outcomes}
+    checked = {o.check for o in run_suite(frame, manifest_suite(SPEC, CLASSES)).outcomes}
+    assert checked <= set(CHECKS) and "" not in checked  # every expectation is a named check
+    with pytest.raises(ValueError, match="severity"):
+        ValidationConfig(severity={"no_such_check": "warning"})
+
+
+def test_info_file_problems_are_one_outcome_of_the_report():
+    from steps.expectations import info_file_outcome
+    from udon_core.uned import InfoFileProblem
+
+    problems = [InfoFileProblem("/d/info_files/shop/train.json", 3, "class_id", "'class_id' must be an int"),
+                InfoFileProblem("/d/info_files/shop/val.json", None, None, "not valid JSON (x at line 1)")]
+    outcome = info_file_outcome(problems, "critical")
+    assert not outcome.success and outcome.unexpected_count == 2 and outcome.check == "info_file_format"
+    assert [(r.domain, r.split, r.row) for r in outcome.rows] == [("shop", "train", 3), ("shop", "val", -1)]
+    assert info_file_outcome([], "critical").success
+
+
+def test_a_folder_without_a_description_that_is_not_uned_is_explained(tmp_path):
+    from udon_core.benchmark import resolve_benchmark_spec
+    from udon_core.errors import UdonUserError
+
+    for domain in ("shop", "art"):
+        (tmp_path / "info_files" / domain).mkdir(parents=True)
+    with pytest.raises(UdonUserError, match=r"holds the domain\(s\) art, shop and .*benchmark.json does not exist"):
+        resolve_benchmark_spec("auto", tmp_path)
