@@ -16,6 +16,7 @@ def ensure_local_stack() -> str:
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
 
+    _no_analytics_in_our_config()
     client = Client()
     existing = {c.name for c in client.list_stack_components(type=T.EXPERIMENT_TRACKER, size=100).items}
     if TRACKER not in existing:
@@ -33,6 +34,21 @@ def ensure_local_stack() -> str:
     if client.active_stack_model.name == "default":
         client.activate_stack(LOCAL_STACK)
     return client.active_stack_model.name
+
+
+def _no_analytics_in_our_config() -> None:
+    """Write ``analytics_opt_in: false`` into the ZenML config this project keeps under $UDON_HOME, so that
+    `zenml ...` commands run by hand against it (README) report nothing either. A user's own global ZenML
+    configuration (UDON_HOME unset) is left alone."""
+    import os
+
+    from zenml.config.global_config import GlobalConfiguration
+
+    home, config = os.environ.get("UDON_HOME"), os.environ.get("ZENML_CONFIG_PATH", "")
+    if home and config.startswith(home):
+        settings = GlobalConfiguration()
+        if settings.analytics_opt_in:
+            settings.analytics_opt_in = False
 
 
 def experiment_tracker_name() -> str | None:

@@ -40,6 +40,34 @@ def _signature(model: EmbeddingModel, size: int):
     )
 
 
+def preprocessing(model: EmbeddingModel) -> dict[str, Any]:
+    """What a client must do to an image before the model sees it (udon_core/transforms.py eval_transform)."""
+    p = model.config.preprocess
+    return {"image_size": p.image_size, "mean": list(p.mean), "std": list(p.std),
+            "steps": ["decode to 8-bit RGB (alpha composited onto white, 16-bit grayscale scaled to 8 bits)",
+                      f"resize the shorter side to {p.image_size} px (bilinear, antialiased)",
+                      f"centre crop {p.image_size} x {p.image_size}",
+                      "scale to [0, 1] float32, then (x - mean) / std per channel, layout [B, 3, H, W]"]}
+
+
+def version_description(model: EmbeddingModel, tags: dict[str, str], verdict: str = "pending") -> str:
+    """The registered version's description: what it is, how to feed it, how to use it, the gate's verdict."""
+    pre = preprocessing(model)
+    steps = "\n".join(f"{i}. {s}" for i, s in enumerate(pre["steps"], 1))
+    return (
+        f"UDON universal image embedding: {model.config.backbone.name} backbone + {model.config.student_dim}-d "
+        f"student head; output: one L2-normalised {model.config.student_dim}-d float32 vector per image.\n\n"
+        f"Input: float32 tensor [B, 3, {pre['image_size']}, {pre['image_size']}], preprocessed as\n{steps}\n"
+        f"(mean {pre['mean']}, std {pre['std']}).\n\n"
+        "Use: `udon embed IMAGE_DIR --model models:/NAME/VERSION --out e.parquet` (does the preprocessing), "
+        "`mlflow.pytorch.load_model(uri)(batch)`, or `mlflow models serve` with preprocessed tensors "
+        "(README, 'Serving').\n\n"
+        f"Data: DVC {tags.get('data.dvc_md5', '?')}; code: {tags.get('code.git_commit', '?')}; mean mMP@5 "
+        f"{tags.get('metric.mean_mmp_at_5', '?')}, R@1 {tags.get('metric.mean_r_at_1', '?')}.\n\n"
+        f"Gate verdict: {verdict}"
+    )
+
+
 def _metric_tags(metrics: dict[str, Any]) -> dict[str, str]:
     tags = {f"metric.mean_{k}": f"{metrics[k]:.4f}" for k in ("mmp_at_5", "r_at_1") if k in metrics}
     for key in ("mean_mmp_at_5", "mean_r_at_1"):
@@ -76,6 +104,8 @@ def register_embedding_model(
     info = mlflow.pytorch.log_model(
         model, name="model", input_example=example, signature=_signature(model, size),
         pip_requirements=PIP_REQUIREMENTS, serialization_format="pt2",
+        metadata={"preprocess": preprocessing(model), "embedding_dim": model.config.student_dim,
+                  "udon_format": "udon-embedding/1"},
     )
     # why: the gate reads the champion's per-domain metrics from its own run; the evaluate step may have
     # been cached and have logged them to an earlier run.
@@ -89,6 +119,7 @@ def register_embedding_model(
     except MlflowException as err:
         # Nothing was registered: the version is created in one call, with its tags, or not at all.
         raise unavailable(mlflow.get_registry_uri(), err) from err
+    mlflow.MlflowClient().update_model_version(name, version.version, description=version_description(model, tags))
     return {
         "name": name, "version": str(version.version), "run_id": run.info.run_id,
         "model_uri": f"models:/{name}/{version.version}",

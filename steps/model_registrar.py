@@ -11,7 +11,7 @@ from zenml import get_step_context, log_metadata, step
 from steps.data_ingester import DatasetVersion
 from steps.mlflow_registry import register_embedding_model
 from steps.model_registry import ZENML_VERSION_TAG
-from steps.tracking import log_evaluation
+from steps.tracking import log_dataset_input, log_evaluation
 from udon_core.gate import GatePolicy
 from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.report import format_markdown
@@ -41,6 +41,7 @@ def model_registrar(
     context = get_step_context()
     # The version's own run carries its evaluation even when the evaluate step was cached (an earlier run).
     log_evaluation({"trained": metrics}, format_markdown(RetrievalReport.from_dict(metrics)))
+    log_dataset_input(None, f"{dataset.benchmark.name}@{dataset.dvc_md5[:8]}", dataset.root, dataset.dvc_md5)
     registration = register_embedding_model(
         model, config.model_name, metrics=metrics, dataset_tags={
             "data.dvc_md5": dataset.dvc_md5, "data.dvc_file_git_rev": dataset.dvc_file_git_rev or "",

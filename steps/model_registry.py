@@ -196,9 +196,14 @@ class ModelRegistry:
         _set_zenml_stage(info.tags.get(ZENML_VERSION_TAG), stage)
 
     def record_verdict(self, version: str, decision: str, reasons: list[str]) -> None:
-        """Tag the version with the gate's decision and reasons."""
+        """Tag the version with the gate's decision and reasons, and say it in its description."""
         self.client.set_model_version_tag(self.name, version, "gate.verdict", decision)
         self.client.set_model_version_tag(self.name, version, "gate.reasons", "; ".join(reasons)[:4900])
+        description = self.client.get_model_version(self.name, version).description or ""
+        head, _, _ = description.rpartition("Gate verdict:")
+        verdict = f"Gate verdict: {decision}\n" + "\n".join(f"- {r}" for r in reasons)
+        self.client.update_model_version(self.name, version, description=(head if head else description + "\n\n")
+                                         + verdict[:4000])
 
     def promote(self, version: str, reason: str, actor: str | None = None, action: str = "promote") -> str | None:
         """Make ``version`` the champion; the former champion is archived. Returns the former champion."""

@@ -13,7 +13,7 @@ from zenml.enums import ArtifactType
 from steps.data_ingester import DatasetVersion
 from steps.expectations import ValidationReport
 from steps.teacher_sources import resolve_teacher_sources
-from steps.tracking import active_run_id, active_tracker_logger, flatten, mlflow_tracking_uri
+from steps.tracking import active_run_id, active_tracker_logger, flatten, log_dataset_input, mlflow_tracking_uri
 from steps.materializers import ModelFolderMaterializer
 from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.train import TrainingConfig, build_model, run_training
@@ -34,6 +34,7 @@ def model_trainer(
     model = build_model(config, manifest, dataset.benchmark)
     untrained = model.embedding_model()
     log = active_tracker_logger(params={"data.dvc_md5": dataset.dvc_md5, **flatten(config.model_dump(mode="json"))})
+    log_dataset_input(manifest, f"{dataset.benchmark.name}@{dataset.dvc_md5[:8]}", dataset.root, dataset.dvc_md5)
     with tempfile.TemporaryDirectory() as teachers_dir:  # frozen teachers named by reference, fetched here
         resolved, teachers = resolve_teacher_sources(config, Path(teachers_dir), mlflow_tracking_uri())
         result = run_training(

@@ -63,6 +63,18 @@ def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
     vectors = served.predict(np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32))
     assert vectors.shape == (2, 64) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
+    # What a team sees in MLflow: the data as the run's input (DVC hash as its digest), the preprocessing in
+    # the model's metadata and the version's description with the gate's verdict, a per-domain table, an
+    # experiment opened as model training, and no stray 'domain' metric.
+    assert served.metadata.metadata["preprocess"]["image_size"] == 32
+    assert "centre crop 32 x 32" in mv.description and "Gate verdict: promote" in mv.description
+    inputs = [i.dataset for i in run.inputs.dataset_inputs]
+    assert any(d.digest == pin.md5 for d in inputs), inputs
+    assert "evaluation/per_domain.json" in {f.path for f in MlflowClient().list_artifacts(mv.run_id, "evaluation")}
+    assert "domain" not in MlflowClient().get_run(training_run).data.metrics
+    experiment = MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
     # ZenML: the model version's model artifact leads back, through the train step, to the DVC hash.
     client = Client()
     zen_mv = client.get_pipeline_run(outcome.run_name).model_version
@@ -210,3 +222,60 @@ def test_specialists_are_distilled_by_unic_and_udon_offline_with_lineage_to_both
         for zenml_ref, registered in refs.values():  # each student names both teachers, by the ref it used
             assert f"ref={zenml_ref}" in chain.output or f"ref={registered}" in chain.output, (method, chain.output)
         assert "artifact=udon_training_model" in chain.output  # the registered specialist's every head
+
+
+def test_mlflow_models_serve_answers_an_image_with_the_udon_embed_vector(first_run, tiny_repo, tmp_path):
+    """`mlflow models serve` as the README runs it, queried over HTTP by examples/serve_client.py."""
+    import importlib.util
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import numpy as np
+
+    from steps.mlflow_registry import load_embedding_model
+    from udon_core.embedding import embed_folder
+
+    _, outcome = first_run
+    reg = outcome.registration
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("serve_client", root / "examples" / "serve_client.py")
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, source in enumerate(sorted((tiny_repo / "data" / "images").rglob("*.png"))[:3]):
+        shutil.copyfile(source, images / f"{i}.png")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": reg["tracking_uri"],
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the venv's uvicorn
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", reg["model_uri"],
+                               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        paths = sorted(str(p) for p in images.iterdir())
+        served = client.embed(url, paths, size=32)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    names, expected = embed_folder(load_embedding_model(reg["model_uri"], reg["tracking_uri"]), images, progress=False)
+    assert [Path(p).name for p in paths] == names and served.shape == expected.shape == (3, 64)
+    cosine = np.sum(served * expected, axis=1)
+    assert cosine.min() > 0.99, cosine  # the client's PIL resize vs torchvision's: same preprocessing, not bits
