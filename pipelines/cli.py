@@ -24,7 +24,8 @@ def _project_home_env() -> None:
     """
     for key, value in {"ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                        "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-                       "ZENML_LOGGING_VERBOSITY": "WARN", "ZENML_ENABLE_RICH_TRACEBACK": "false"}.items():
+                       "ZENML_LOGGING_VERBOSITY": "WARN", "ZENML_ENABLE_RICH_TRACEBACK": "false",
+                       "MLFLOW_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)
     home = os.environ.get("UDON_HOME")
     if not home:

@@ -57,7 +57,7 @@ class StreamBatches:
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
         if n < batch_size:
-            raise InvalidValueError(f"a domain has {n} training images, fewer than one batch of {batch_size}")
+            raise InvalidValueError(f"{n} training images, fewer than one batch of {batch_size}")
         rank, world = shard
         if not 0 <= rank < world or batch_size % world:
             raise InvalidValueError(f"cannot take shard {rank} of {world} from batches of {batch_size}")

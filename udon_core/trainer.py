@@ -282,6 +282,18 @@ def _wrap(task: nn.Module, device: torch.device, ctx: DistContext) -> Callable[.
                                    find_unused_parameters=True)
 
 
+def _stream(root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, name: str, index: int, transform: Any,
+            cfg: TrainConfig, device: torch.device, ctx: DistContext) -> DomainStream:
+    records = records_of(manifest, name, spec.domain(name).train)
+    try:
+        return DomainStream(root, records, transform, cfg.batch_size, seed=stream_seed(cfg.seed, index),
+                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                            shard=(ctx.rank, ctx.world_size))
+    except InvalidValueError as err:
+        raise InvalidValueError(f"domain '{name}': {err} (set train.batch_size, e.g. "
+                                f"--set training.train.batch_size=8)") from err
+
+
 def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
                 device: torch.device, ctx: DistContext = DistContext()) -> _Loop:
     shard_size(cfg.batch_size, ctx)  # a clear error before any worker starts
@@ -289,12 +301,7 @@ def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: Benc
     if cfg.compile:
         model.backbone.compile(backend=cfg.compile_backend)  # in place: parameter names are unchanged
     transform = train_transform(model.config.preprocess)
-    streams = [
-        DomainStream(root, records_of(manifest, name, spec.domain(name).train), transform, cfg.batch_size,
-                     seed=stream_seed(cfg.seed, i), num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                     shard=(ctx.rank, ctx.world_size))
-        for i, name in enumerate(model.domains)
-    ]
+    streams = [_stream(root, manifest, spec, name, i, transform, cfg, device, ctx) for i, name in enumerate(model.domains)]
     # Every rank builds the same schedule from the same seed: all draw the same domain at each step.
     sampler = DomainSampler([len(s) for s in streams], cfg.sampler, total_steps=cfg.steps, seed=cfg.seed)
     return _Loop(task, build_optimizer(task, cfg), sampler, streams, device, _wrap(task, device, ctx), ctx,
