@@ -76,7 +76,7 @@ def log_dataset_input(manifest: Any | None, name: str, source: str, dvc_md5: str
             dataset = mlflow.data.from_pandas(table, source=source, name=name, digest=dvc_md5)
         else:
             dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=dvc_md5)
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")  # the schema is inferred here
 
 
 def log_evaluation(reports: dict[str, dict[str, Any]], report_markdown: str) -> None:
