@@ -22,8 +22,7 @@ model_option = click.option("--model", "model_name", default=DEFAULT_MODEL, show
 
 
 def _registry(model_name: str):
-    from pipelines.run import udon_home
-    from pipelines.run_records import close_abandoned_runs
+    from pipelines.run_records import close_abandoned_runs, udon_home
     from pipelines.stack import ensure_local_stack
     from steps.tracking import mlflow_tracking_uri
     from steps.model_registry import ModelRegistry

@@ -6,7 +6,6 @@ runs anything, and so that the CLI and the tests share one way of running it.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -149,11 +148,6 @@ def _with_tracker(doc: dict, tracker: str | None) -> dict:
     return doc
 
 
-def udon_home() -> Path:
-    """Where udon keeps run files: $UDON_HOME, else ~/.udon."""
-    return Path(os.environ.get("UDON_HOME") or Path.home() / ".udon")
-
-
 def _explain_failure(err: RuntimeError, run_name: str) -> RuntimeError:
     """A user error as one PipelineRunError naming each failed step and its message; a bug (any exception
     type that is not one of the project's UdonUserError types) stays the original error, traceback and all."""
@@ -179,7 +173,7 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs."""
     from zenml.exceptions import StackValidationError
 
-    from pipelines.run_records import close_abandoned_runs, recorded_run
+    from pipelines.run_records import close_abandoned_runs, recorded_run, udon_home
     from pipelines.stack import ensure_local_stack, experiment_tracker_name
     from pipelines.training import training_pipeline, zenml_model
     from steps.tracking import mlflow_tracking_uri

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,11 @@ class RunRecord:
     process_started: float  # psutil create_time: tells a live process from a later one reusing the pid
     host: str
     started_at: str
+
+
+def udon_home() -> Path:
+    """Where udon keeps run files: $UDON_HOME, else ~/.udon."""
+    return Path(os.environ.get("UDON_HOME") or Path.home() / ".udon")
 
 
 def records_dir(home: Path) -> Path:

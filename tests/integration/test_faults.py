@@ -27,8 +27,7 @@ def _cli(*args):
 
 
 def _records() -> list[dict]:
-    from pipelines.run import udon_home
-    from pipelines.run_records import records_dir
+    from pipelines.run_records import records_dir, udon_home
 
     return [json.loads(p.read_text()) for p in records_dir(udon_home()).glob("*.json")]
 
