@@ -37,7 +37,7 @@ def _validation_section(run: Any) -> Section:
     items = [("suite", report.suite), ("passed", str(report.success)),
              ("expectations", f"{report.evaluated - len(failed)}/{report.evaluated} met"),
              ("artifact", str(step.outputs["validation_report"][0].id))]
-    items += [(f"warning {o.severity}", f"{o.expectation}({o.column}): {o.unexpected_count} row(s)") for o in failed]
+    items += [(f"{o.severity} {o.check}", f"{o.expectation}({o.column}): {o.unexpected_count} row(s)") for o in failed]
     return "Validation", items
 
 

@@ -23,13 +23,12 @@ model_option = click.option("--model", "model_name", default=DEFAULT_MODEL, show
 
 def _registry(model_name: str):
     from pipelines.run_records import close_abandoned_runs, udon_home
-    from pipelines.stack import ensure_local_stack
-    from steps.tracking import mlflow_tracking_uri
+    from pipelines.stack import tracking_uri
     from steps.model_registry import ModelRegistry
 
-    ensure_local_stack()
-    close_abandoned_runs(udon_home(), mlflow_tracking_uri())  # a killed `udon run` leaves nothing 'running'
-    return ModelRegistry(model_name, mlflow_tracking_uri())
+    uri = tracking_uri()
+    close_abandoned_runs(udon_home(), uri)  # a killed `udon run` leaves nothing 'running'
+    return ModelRegistry(model_name, uri)
 
 
 def _fmt(value: float | None) -> str:
@@ -38,8 +37,15 @@ def _fmt(value: float | None) -> str:
 
 @click.command("models")
 @model_option
-def models_cmd(model_name: str) -> None:
+@click.option("--tracking-uri", "print_uri", is_flag=True,
+              help="print the MLflow tracking URI of the active stack (for mlflow ui / mlflow models serve) and exit")
+def models_cmd(model_name: str, print_uri: bool) -> None:
     """Versions with their stage, aliases, gate verdict, key metrics and data version."""
+    if print_uri:
+        from pipelines.stack import tracking_uri
+
+        click.echo(tracking_uri())
+        return
     try:
         versions = _registry(model_name).versions()
     except USER_ERRORS as err:

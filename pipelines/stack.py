@@ -16,7 +16,6 @@ def ensure_local_stack() -> str:
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
 
-    _no_analytics_in_our_config()
     client = Client()
     existing = {c.name for c in client.list_stack_components(type=T.EXPERIMENT_TRACKER, size=100).items}
     if TRACKER not in existing:
@@ -33,22 +32,76 @@ def ensure_local_stack() -> str:
         )
     if client.active_stack_model.name == "default":
         client.activate_stack(LOCAL_STACK)
+    _no_analytics_in_our_config()  # the config exists now
     return client.active_stack_model.name
 
 
 def _no_analytics_in_our_config() -> None:
     """Write ``analytics_opt_in: false`` into the ZenML config this project keeps under $UDON_HOME, so that
-    `zenml ...` commands run by hand against it (README) report nothing either. A user's own global ZenML
-    configuration (UDON_HOME unset) is left alone."""
-    import os
+    `zenml ...` commands run by hand against it (without our environment) report nothing either. A user's
+    own global ZenML configuration (UDON_HOME unset) is left alone.
 
-    from zenml.config.global_config import GlobalConfiguration
+    why the file: with ZENML_ANALYTICS_OPT_IN=false in the environment ZenML's settings object already reads
+    False and never writes the value back.
+    """
+    import os
+    from pathlib import Path
+
+    import yaml
 
     home, config = os.environ.get("UDON_HOME"), os.environ.get("ZENML_CONFIG_PATH", "")
-    if home and config.startswith(home):
-        settings = GlobalConfiguration()
-        if settings.analytics_opt_in:
-            settings.analytics_opt_in = False
+    path = Path(config) / "config.yaml"
+    if not (home and config.startswith(home) and path.is_file()):
+        return
+    doc = yaml.safe_load(path.read_text()) or {}
+    if isinstance(doc, dict) and doc.get("analytics_opt_in") is not False:
+        doc["analytics_opt_in"] = False
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def tracking_uri() -> str | None:
+    """The active stack's MLflow tracking URI, without starting ZenML when it can be avoided.
+
+    why: `udon models` only reads MLflow, and starting ZenML (its store and stack) takes most of the time of
+    such a command. The URI is remembered in $UDON_HOME/stack.json together with the active stack it
+    belongs to (ZenML's own config file says which one is active), and resolved again through ZenML when
+    that stack is no longer the active one, or a ZenML repository (.zen) might choose another stack.
+    """
+    import json
+
+    from pipelines.run_records import udon_home
+
+    remembered = udon_home() / "stack.json"
+    active = _active_stack_id()
+    if active and remembered.is_file():
+        doc = json.loads(remembered.read_text())
+        if doc.get("stack_id") == active:
+            return doc.get("tracking_uri")
+    from steps.tracking import mlflow_tracking_uri
+    from zenml.client import Client
+
+    ensure_local_stack()
+    uri = mlflow_tracking_uri()
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    remembered.write_text(json.dumps({"stack_id": str(Client().active_stack_model.id), "tracking_uri": uri}) + "\n")
+    return uri
+
+
+def _active_stack_id() -> str | None:
+    """The active stack named in the ZenML config under $UDON_HOME; None when another config may decide."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    home, config = os.environ.get("UDON_HOME"), os.environ.get("ZENML_CONFIG_PATH", "")
+    path = Path(config) / "config.yaml"
+    here = Path.cwd().resolve()
+    if not (home and config.startswith(home) and path.is_file()) or any(
+            (d / ".zen").exists() for d in (here, *here.parents)):
+        return None
+    doc = yaml.safe_load(path.read_text()) or {}
+    return str(doc["active_stack_id"]) if isinstance(doc, dict) and doc.get("active_stack_id") else None
 
 
 def experiment_tracker_name() -> str | None:
