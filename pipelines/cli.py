@@ -61,6 +61,8 @@ def cli(debug: bool) -> None:
         # why: ZenML logs a failed step's traceback and each skipped step before our one-sentence error; the
         # error names the step and the cause. `udon --debug` keeps ZenML's own logs.
         logging.getLogger("zenml").setLevel(logging.CRITICAL)
+        # DVC warns about cache files a fresh clone cannot have; the data step says what it does instead.
+        logging.getLogger("dvc").setLevel(logging.ERROR)
 
 
 @cli.command("run")
@@ -81,19 +83,21 @@ def run_cmd(config_path: Path, overrides: tuple[str, ...]) -> None:
 
 def print_outcome(outcome) -> None:
     """The run's status, data version, metrics table, registered version and gate verdict."""
-    from udon_core.report import format_comparison
+    from udon_core.report import format_by_metric
     from udon_core.retrieval import RetrievalReport
 
     reports = {"untrained (step 0)": RetrievalReport.from_dict(outcome.untrained_metrics),
                "trained": RetrievalReport.from_dict(outcome.metrics)}
     if outcome.oracle_teacher_metrics:
         reports["oracle teacher"] = RetrievalReport.from_dict(outcome.oracle_teacher_metrics)
-    click.echo(f"\nPipeline run {outcome.run_name}: {outcome.status}"
-               + (f" (cached steps: {', '.join(outcome.cached_steps)})" if outcome.cached_steps else ""))
+    click.echo(f"\nPipeline run {outcome.run_name}: {outcome.status}")
+    for name, status, seconds in outcome.steps:
+        took = "" if seconds is None or status.endswith("cached") else f"{seconds:6.1f} s"
+        click.echo(f"  {name:16} {status.rsplit('.', 1)[-1]:10} {took:>8}  {_step_result(name, outcome)}")
     click.echo(f"Data version (DVC md5): {outcome.dataset_md5}")
     print_validation(outcome.validation, outcome.validation_page)
     click.echo()
-    click.echo(format_comparison(reports))
+    click.echo(format_by_metric(reports))
     reg = outcome.registration
     click.echo(f"\nRegistered model: {reg['name']} version {reg['version']} ({reg['model_uri']})")
     verdict = outcome.gate_verdict
@@ -104,6 +108,21 @@ def print_outcome(outcome) -> None:
         click.echo(f"  {reason}")
     click.echo(f"Review: udon models; udon lineage {reg['version']}")
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri '{reg['tracking_uri']}'")
+
+
+def _step_result(step: str, outcome) -> str:
+    """The one fact each step contributes, for its line of the run summary."""
+    reg, verdict, metrics = outcome.registration, outcome.gate_verdict, outcome.metrics
+    return {
+        "data_ingester": f"data {outcome.dataset_md5}",
+        "data_validator": f"{'passed' if outcome.validation.success else 'FAILED'}, "
+                          f"{len(outcome.validation.warnings)} warning(s)",
+        "model_trainer": f"{outcome.train_summary['steps']} steps, final loss "
+                         f"{outcome.train_summary['last'].get('loss/total', float('nan')):.3f}",
+        "model_evaluator": f"mean mMP@5 {metrics['mean_mmp_at_5']:.3f}, R@1 {metrics['mean_r_at_1']:.3f}",
+        "model_registrar": f"{reg['name']} version {reg['version']}",
+        "model_promoter": f"gate: {verdict['decision']}",
+    }.get(step, "")
 
 
 def print_validation(report, page: str) -> None:

@@ -82,6 +82,8 @@ class RunOutcome:
     dataset_md5: str
     validation: ValidationReport
     validation_page: str  # where the HTML report is (artifact store path)
+    steps: list[tuple[str, str, float | None]]  # (step, status, seconds) in run order
+    train_summary: dict[str, Any]
 
 
 def parse_override(text: str) -> dict:
@@ -209,4 +211,7 @@ def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
         dataset_md5=_output(run, "data_ingester", "dataset").dvc_md5,
         validation=_output(run, "data_validator", "validation_report"),
         validation_page=str(run.steps["data_validator"].outputs["validation_page"][0].uri),
+        steps=[(name, str(step.status), (step.end_time - step.start_time).total_seconds()
+                if step.start_time and step.end_time else None) for name, step in run.steps.items()],
+        train_summary=_output(run, "model_trainer", "train_summary"),
     )

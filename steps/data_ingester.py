@@ -52,6 +52,10 @@ class DatasetVersion(BaseModel):
 def _build_demo(target: Path) -> None:
     from udon_core.demo import build_demo_benchmark
 
+    # why print: the expected case on a fresh clone (no DVC cache, no remote); the user should know why the
+    # data step takes a while and that the result is checked against the pin.
+    print(f"data: the pinned demo benchmark is in neither the DVC cache nor a remote (expected on a fresh "
+          f"clone): rebuilding {target} from its packages, then checking it against the pin", flush=True)
     build_demo_benchmark(target)
 
 

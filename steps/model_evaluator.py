@@ -56,9 +56,9 @@ def model_evaluator(
     """
     root, spec = Path(dataset.root), dataset.benchmark
     kw = dict(split=config.split, batch_size=config.batch_size, device=config.device)
-    embeddings = embed_split(model, root, manifest, spec, source="student (deployable model)", **kw)
+    embeddings = embed_split(model, root, manifest, spec, source="trained", **kw)
     trained = evaluate_embeddings(embeddings.vectors, manifest, spec, split=config.split, protocol=config.protocol)
-    baseline = evaluate_model(untrained, root, manifest, spec, protocol=config.protocol, **kw)
+    baseline = evaluate_model(untrained, root, manifest, spec, protocol=config.protocol, label="untrained", **kw)
     reports = {"untrained (step 0)": baseline, "trained": trained}
     if config.oracle_teacher and train_summary.get("trains_teacher_heads", True):
         own = spec.restrict([d for d in spec.domain_names if d in training_model.domains])

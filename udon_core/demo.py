@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm import tqdm
 
 from udon_core.benchmark import DEMO, save_benchmark_spec
 from udon_core.uned import IMAGES_DIR, ImageRecord, info_file_path, write_info_file
 from udon_core.errors import InvalidValueError, OutputExistsError, UdonUserError
+from udon_core.progress import progress as show_progress
 
 GLYPHS = string.ascii_uppercase + string.ascii_lowercase + string.digits
 ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
@@ -172,7 +172,7 @@ def _render_emoji(
     """Twemoji and OpenMoji PNG bytes, in ``order``, for the first ``needed`` emoji both styles draw."""
     font = ImageFont.truetype(str(om_path), 64, layout_engine=ImageFont.Layout.BASIC)
     out = {}
-    for cp in tqdm(order, desc="emoji", disable=not progress):
+    for cp in show_progress(order, desc="build demo: emoji", enabled=progress):
         if needed is not None and len(out) == needed:
             break
         tw, om = _twemoji(cp, twemoji_dir), _openmoji(cp, font)
@@ -272,7 +272,7 @@ def build_glyphs(root: Path, cfg: DemoConfig, rng: np.random.Generator, progress
     needed = None if cfg.glyph_train_fonts is None else n_val + n_test + cfg.glyph_train_fonts
     rendered = {}
     fonts = candidate_fonts()
-    for i in tqdm(rng.permutation(len(fonts)), desc="glyphs", disable=not progress):
+    for i in show_progress(rng.permutation(len(fonts)), desc="build demo: glyphs", enabled=progress):
         if needed is not None and len(rendered) == needed:
             break
         data = render_font(fonts[int(i)])
@@ -316,7 +316,7 @@ def build_animals(
     images, labels = _animal_arrays()
     sizes = {"train": cfg.animals_train_per_class, "val": cfg.animals_val_per_class, "test": cfg.animals_test_per_class}
     records: dict[str, list[ImageRecord]] = {s: [] for s in sizes}
-    for label in tqdm(range(len(ANIMALS)), desc="animals", disable=not progress):
+    for label in show_progress(range(len(ANIMALS)), desc="build demo: animals", enabled=progress):
         idx = rng.permutation(np.flatnonzero(labels == label))
         if sum(sizes.values()) > len(idx):
             raise InvalidValueError(f"animals: class {ANIMALS[label]} has {len(idx)} images, asked for {sum(sizes.values())}")

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from udon_core.benchmark import BenchmarkSpec
 from udon_core.data import ImageListDataset
 from udon_core.transforms import Preprocess, eval_transform
 from udon_core.uned import ImageRecord, records_of
 from udon_core.errors import InvalidValueError, MissingFileError, UnknownNameError
+from udon_core.progress import progress as show_progress
 
 EMBEDDINGS_FORMAT = "udon-embeddings/1"
 _META_KEY = "__udon_meta__"
@@ -46,7 +46,7 @@ def embed_records(
                         shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     chunks = []
     try:
-        for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for images, _, _ in show_progress(loader, desc=desc, enabled=progress):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out = model(images.to(device, non_blocking=True))
             chunks.append(F.normalize(out.float(), dim=-1).cpu().numpy())
@@ -77,14 +77,14 @@ def _model_preprocess(model: nn.Module) -> Preprocess:
 
 def embed_benchmark(
     model_for: nn.Module | Callable[[str], nn.Module], root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec,
-    splits: Sequence[str] = ("test",), preprocess: Preprocess | None = None, **kw,
+    splits: Sequence[str] = ("test",), preprocess: Preprocess | None = None, label: str = "", **kw,
 ) -> dict[str, np.ndarray]:
     """``{"<domain>/<stem>": [n, d] float32}`` for every info file the eval ``splits`` need, in file order.
 
     Each file is embedded once, also when it is both the query and the index set. ``model_for`` is a
     model, or a function domain -> model (the "oracle teacher" protocol: each domain embedded by its own
-    teacher head). ``preprocess`` defaults to the model's ``config.preprocess``; ``kw`` goes to
-    ``embed_records`` (batch_size, device, num_workers, progress).
+    teacher head). ``preprocess`` defaults to the model's ``config.preprocess``; ``label`` names the model
+    in the progress lines; ``kw`` goes to ``embed_records`` (batch_size, device, num_workers, progress).
     """
     pairs = list(dict.fromkeys(p for split in splits for p in eval_files(spec, split)))
     out: dict[str, np.ndarray] = {}
@@ -95,7 +95,7 @@ def embed_benchmark(
         model = current[1]
         prep = preprocess or _model_preprocess(model)
         out[f"{domain}/{stem}"] = embed_records(model, root, records_of(manifest, domain, stem), prep,
-                                                desc=f"embed {domain}/{stem}", **kw)
+                                                desc=f"embed {label + ': ' if label else ''}{domain}/{stem}", **kw)
     return out
 
 

@@ -24,7 +24,7 @@ def embed_split(
 ) -> EmbeddingSet:
     """Every query and index image of ``split`` embedded by ``model`` (an EmbeddingModel: images -> unit vectors)."""
     vectors = embed_benchmark(model, root, manifest, spec, splits=(split,), preprocess=model.config.preprocess,
-                              batch_size=batch_size, device=resolve_device(device), progress=progress)
+                              batch_size=batch_size, device=resolve_device(device), progress=progress, label=source)
     return EmbeddingSet(split, vectors, source)
 
 
@@ -38,9 +38,10 @@ def evaluate_model(
     batch_size: int = 128,
     device: str | torch.device = "auto",
     progress: bool = True,
+    label: str = "",
 ) -> RetrievalReport:
     """R@1 and mMP@5 per domain of ``model`` (an EmbeddingModel: images -> unit vectors) on ``split``."""
-    embeddings = embed_split(model, root, manifest, spec, split, batch_size, device, progress)
+    embeddings = embed_split(model, root, manifest, spec, split, batch_size, device, progress, source=label)
     return evaluate_embeddings(embeddings.vectors, manifest, spec, split=split, protocol=protocol)
 
 
@@ -57,6 +58,7 @@ def evaluate_oracle_teachers(
     if missing:
         raise InvalidValueError(f"the model has no teacher head for domain(s) {missing} (it has {model.domains})")
     vectors = embed_benchmark(model.teacher_embedding_model, root, manifest, spec, splits=(split,),
-                              batch_size=batch_size, device=resolve_device(device), progress=progress)
+                              batch_size=batch_size, device=resolve_device(device), progress=progress,
+                              label="oracle teacher")
     report = evaluate_embeddings(vectors, manifest, spec, split=split, protocol="separate")
     return dataclasses.replace(report, protocol=ORACLE_TEACHER)

@@ -75,6 +75,33 @@ def format_comparison(reports: dict[str, RetrievalReport]) -> str:
     return "\n".join([_titles(reports), *_aligned(*comparison_rows(reports))])
 
 
+def format_by_metric(reports: dict[str, RetrievalReport]) -> str:
+    """Several reports as one narrow table per metric (fits 100 columns for 3 reports): a column per report,
+    later reports with their change from the first in parentheses; the titles of the reports underneath."""
+    if not reports:
+        raise InvalidValueError("no reports to compare")
+    names, first = list(reports), next(iter(reports.values()))
+    blocks = []
+    for metric, _ in METRICS:
+        rows = []
+        for d in _domains(reports) + ["mean"]:
+            base = _cell(first, d, metric)
+            row = [d]
+            for i, n in enumerate(names):
+                v = _cell(reports[n], d, metric)
+                cell = "-" if v is None else f"{v:.3f}"
+                if i and v is not None and base is not None:
+                    cell += f" ({v - base:+.3f})"
+                row.append(cell)
+            rows.append(row)
+        blocks.append("\n".join(_aligned([_label(metric, first), *names], rows)))
+    by_title: dict[str, list[str]] = {}
+    for n, r in reports.items():
+        by_title.setdefault(_title(r)[len("Retrieval on the "):], []).append(n)
+    notes = [f"{', '.join(ns)}: {title}" for title, ns in by_title.items()]
+    return "\n\n".join(blocks) + "\n" + "\n".join(notes)
+
+
 def format_table(report: RetrievalReport) -> str:
     """One report as aligned text: per-domain R@1, mMP@5, queries scored and queries without a positive."""
     header, rows = comparison_rows({"": report})

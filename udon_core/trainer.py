@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 from torch import nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tqdm import tqdm
 
 from udon_core.benchmark import BenchmarkSpec
 from udon_core.checkpoint import load_latest, save_checkpoint
@@ -42,6 +41,7 @@ from udon_core.objectives import UNIC_METHODS, build_task
 from udon_core.unic import UnicConfig
 from udon_core.transforms import train_transform
 from udon_core.uned import records_of
+from udon_core.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
 MetricsCallback = Callable[[dict[str, float], int], None]
@@ -434,8 +434,7 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     callback = callback if ctx.is_main else None
-    bar = tqdm(total=cfg.steps, initial=loop.step, desc="train", disable=not (progress and ctx.is_main),
-               dynamic_ncols=True)
+    bar = show_progress(total=cfg.steps, initial=loop.step, desc="train", enabled=progress and ctx.is_main)
     with _determinism(cfg.deterministic), bar:
         while loop.step < cfg.steps:
             raw = train_step(loop, cfg)

@@ -370,3 +370,34 @@ def test_torch_cuda_search_matches_brute_force():
     exact[np.arange(300), np.arange(300)] = -np.inf
     want = np.argsort(-exact, axis=1)[:, :6]
     assert (ids == want).all() and np.allclose(s, np.take_along_axis(exact, want, 1), atol=1e-5)
+
+
+def test_the_run_summary_table_fits_100_columns_with_deltas_to_the_first_report():
+    from udon_core.report import format_by_metric
+
+    def report(v):
+        return RetrievalReport("test", "merged", {d: DomainMetrics(v, v, 10) for d in ("emoji", "glyphs", "animals")})
+
+    text = format_by_metric({"untrained (step 0)": report(0.5), "trained": report(0.625),
+                             "oracle teacher": report(0.75)})
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "0.625 (+0.125)" in text and "0.750 (+0.250)" in text
+    assert text.splitlines()[0].split()[:3] == ["R@1", "untrained", "(step"]
+
+
+def test_progress_in_a_log_file_is_a_line_per_tenth_not_a_redrawn_bar():
+    import io
+
+    from udon_core.progress import LineProgress
+
+    out = io.StringIO()
+    with LineProgress(total=100, desc="train", stream=out) as bar:
+        for _ in range(100):
+            bar.update(1)
+            bar.set_postfix(loss="1.000")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and lines[0].startswith("train: 10/100 (10%)") and lines[-1].startswith("train: 100/100")
+    assert all("loss=1.000" in line and "\r" not in line for line in lines)
+    out = io.StringIO()
+    assert list(LineProgress(range(3), desc="embed trained: a/test", stream=out)) == [0, 1, 2]
+    assert out.getvalue().splitlines()[-1].startswith("embed trained: a/test: 3/3 (100%)")
