@@ -62,6 +62,9 @@ class ExpectationOutcome(BaseModel):
     unexpected_count: int = 0
     rows: list[FailedRow] = []
     note: str | None = None
+    expected: dict[str, Any] = {}  # the expectation's own arguments (value_set, min_value...)
+    element_count: int | None = None  # rows the expectation looked at (after its row condition)
+    observed: Any = None  # GE's observed value (table-level expectations) or the unexpected percentage
 
 
 class ValidationReport(BaseModel):
@@ -255,12 +258,29 @@ def _outcome(result, frame: pd.DataFrame) -> ExpectationOutcome:
     cond = cond.get("pass_through_filter") if isinstance(cond, dict) else cond
     indexes = result.result.get("unexpected_index_list") or []
     meta = cfg.meta or {}
+    res = result.result or {}
+    expected = {k: v for k, v in cfg.kwargs.items() if k not in _NOT_EXPECTATIONS and v is not None}
+    observed = res.get("observed_value")
+    if observed is None and res.get("unexpected_percent") is not None:
+        observed = f"{res['unexpected_percent']:.2f}% unexpected"
     return ExpectationOutcome(
         check=meta.get("check", ""), expectation=cfg.type, column=column, condition=cond,
         severity=meta.get("severity", "critical"), success=bool(result.success),
-        unexpected_count=int(result.result.get("unexpected_count") or 0), rows=_failed_rows(frame, indexes, column),
-        note=meta.get("note"),
+        unexpected_count=int(res.get("unexpected_count") or 0), rows=_failed_rows(frame, indexes, column),
+        note=meta.get("note"), expected=_plain(expected), element_count=res.get("element_count"),
+        observed=_plain(observed),
     )
+
+
+_NOT_EXPECTATIONS = ("column", "row_condition", "condition_parser", "batch_id", "result_format",
+                     "include_config", "catch_exceptions")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly (GE hands back numpy numbers and sets)."""
+    import json
+
+    return json.loads(json.dumps(value, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
 def _batch_definition():
@@ -293,15 +313,19 @@ def report_html(report: ValidationReport) -> str:
     from html import escape
 
     head = ("<tr><th>check</th><th>severity</th><th>expectation</th><th>column</th><th>condition</th>"
-            "<th>result</th><th>rows</th></tr>")
+            "<th>expected</th><th>observed</th><th>result</th><th>rows</th></tr>")
     body = []
     for o in report.outcomes:
         rows = "<br>".join(escape(f"{_where(r)} ({r.value!r})") for r in o.rows[:20])
         status = "passed" if o.success else f"FAILED ({o.unexpected_count})"
         condition = " ".join(x for x in (o.condition, f"({o.note})" if o.note else None) if x)
+        expected = ", ".join(f"{k}={v}" for k, v in o.expected.items())
+        observed = " ".join(x for x in (None if o.observed is None else str(o.observed),
+                                        None if o.element_count is None else f"of {o.element_count} rows") if x)
         body.append(
             f"<tr><td>{escape(o.check)}</td><td>{o.severity}</td><td>{escape(o.expectation)}</td>"
-            f"<td>{escape(str(o.column))}</td><td>{escape(condition)}</td><td>{status}</td><td>{rows}</td></tr>"
+            f"<td>{escape(str(o.column))}</td><td>{escape(condition)}</td><td>{escape(expected)}</td>"
+            f"<td>{escape(observed)}</td><td>{status}</td><td>{rows}</td></tr>"
         )
     verdict = "passed" if report.success else "FAILED: critical expectations did not hold"
     return (

@@ -244,3 +244,18 @@ def test_a_folder_without_a_description_that_is_not_uned_is_explained(tmp_path):
         (tmp_path / "info_files" / domain).mkdir(parents=True)
     with pytest.raises(UdonUserError, match=r"holds the domain\(s\) art, shop and .*benchmark.json does not exist"):
         resolve_benchmark_spec("auto", tmp_path)
+
+
+def test_the_html_report_shows_what_was_expected_and_what_was_observed(tmp_path):
+    rows = [r for r in ROWS if r[3] != "c/c.png"] + [("cars", "train", 2, "c/big.png", [7])]
+    m = manifest(rows)
+    write_images(tmp_path, m)
+    report = run_suite(annotate_manifest(m, SPEC, tmp_path, CLASSES), manifest_suite(SPEC, CLASSES))
+    (big,) = [o for o in report.critical_failures if o.check == "train_label_in_range"]
+    assert big.expected == {"max_value": 1} and big.element_count == 3  # cars train rows: t0, t1, big
+    assert big.observed == "33.33% unexpected"
+    page = report_html(report)
+    assert "max_value=1" in page and "33.33% unexpected of 3 rows" in page
+    from steps.expectations import ValidationReport
+
+    assert ValidationReport.model_validate_json(report.model_dump_json()) == report  # the artifact keeps them
