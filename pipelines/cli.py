@@ -61,8 +61,6 @@ def cli(debug: bool) -> None:
         # why: ZenML logs a failed step's traceback and each skipped step before our one-sentence error; the
         # error names the step and the cause. `udon --debug` keeps ZenML's own logs.
         logging.getLogger("zenml").setLevel(logging.CRITICAL)
-        # DVC warns about cache files a fresh clone cannot have; the data step says what it does instead.
-        logging.getLogger("dvc").setLevel(logging.ERROR)
 
 
 @cli.command("run")

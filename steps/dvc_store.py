@@ -7,6 +7,7 @@ or ``dvc checkout`` (discard the change).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -83,10 +84,13 @@ def workspace_state(repo: Path, dvc_file: str = "data.dvc") -> WorkspaceState:
 def try_pull(repo: Path, dvc_file: str = "data.dvc") -> bool:
     """Check the pinned data out of the cache, or pull it from the default remote; False if neither has it."""
     from dvc.exceptions import DvcException
+    from dvc.logger import set_loggers_level
     from dvc.repo import Repo
 
     target = str(read_pin(repo, dvc_file).dvc_file)
-    with Repo(str(repo)) as dvc_repo:
+    # why quiet: DVC warns (twice, through two handlers) about cache files a fresh clone cannot have; the
+    # caller says what happens instead (rebuild, or an error naming the missing version).
+    with Repo(str(repo)) as dvc_repo, set_loggers_level(logging.ERROR):
         try:
             dvc_repo.pull(targets=[target])
         except DvcException:

@@ -30,7 +30,7 @@ class LineProgress:
         self._closed = False
 
     def __iter__(self) -> Iterator:
-        for item in self.iterable or ():
+        for item in () if self.iterable is None else self.iterable:
             yield item
             self.update(1)
         self.close()

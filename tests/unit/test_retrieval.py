@@ -399,5 +399,5 @@ def test_progress_in_a_log_file_is_a_line_per_tenth_not_a_redrawn_bar():
     assert len(lines) == 10 and lines[0].startswith("train: 10/100 (10%)") and lines[-1].startswith("train: 100/100")
     assert all("loss=1.000" in line and "\r" not in line for line in lines)
     out = io.StringIO()
-    assert list(LineProgress(range(3), desc="embed trained: a/test", stream=out)) == [0, 1, 2]
+    assert list(LineProgress(np.arange(3), desc="embed trained: a/test", stream=out)) == [0, 1, 2]
     assert out.getvalue().splitlines()[-1].startswith("embed trained: a/test: 3/3 (100%)")
