@@ -1,7 +1,8 @@
 """Progress that reads well both in a terminal and in a log file.
 
 In a terminal it is a tqdm bar. Elsewhere (CI logs, ``make run > log``) a redrawn bar becomes one line of
-tens of thousands of characters, so it is a plain line per tenth of the work instead (and the last one).
+tens of thousands of characters, so it is a plain line instead: at most one per tenth of the work and per
+``min_interval`` seconds, and always the last one (a quick loop prints just that).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ class LineProgress:
     """The part of tqdm's interface the library uses, printing ``desc: n/total (p%) key=value`` lines."""
 
     def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-                 initial: int = 0, stream: TextIO | None = None, every: float = 0.1) -> None:
+                 initial: int = 0, stream: TextIO | None = None, every: float = 0.1,
+                 min_interval: float = 5.0) -> None:
         self.iterable, self.desc, self.n = iterable, desc, initial
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.stream = stream or sys.stderr
@@ -26,7 +28,8 @@ class LineProgress:
         self.postfix = ""
         self._next = initial + self.step
         self._printed_at = initial
-        self._start = time.monotonic()
+        self._start = self._last = time.monotonic()
+        self.min_interval = min_interval
         self._closed = False
 
     def __iter__(self) -> Iterator:
@@ -43,7 +46,7 @@ class LineProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.n >= self._next:
+        if self.n >= self._next and time.monotonic() - self._last >= self.min_interval:
             self._next = self.n + self.step
             self._print()
 
@@ -56,7 +59,7 @@ class LineProgress:
         self._closed = True
 
     def _print(self) -> None:
-        self._printed_at = self.n
+        self._printed_at, self._last = self.n, time.monotonic()
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         of = f"/{self.total}" if self.total else ""
         took = f" {time.monotonic() - self._start:.0f}s"

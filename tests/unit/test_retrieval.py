@@ -391,7 +391,7 @@ def test_progress_in_a_log_file_is_a_line_per_tenth_not_a_redrawn_bar():
     from udon_core.progress import LineProgress
 
     out = io.StringIO()
-    with LineProgress(total=100, desc="train", stream=out) as bar:
+    with LineProgress(total=100, desc="train", stream=out, min_interval=0) as bar:
         for _ in range(100):
             bar.update(1)
             bar.set_postfix(loss="1.000")
@@ -400,4 +400,5 @@ def test_progress_in_a_log_file_is_a_line_per_tenth_not_a_redrawn_bar():
     assert all("loss=1.000" in line and "\r" not in line for line in lines)
     out = io.StringIO()
     assert list(LineProgress(np.arange(3), desc="embed trained: a/test", stream=out)) == [0, 1, 2]
+    assert len(out.getvalue().splitlines()) == 1  # a quick loop: only its last line
     assert out.getvalue().splitlines()[-1].startswith("embed trained: a/test: 3/3 (100%)")
