@@ -25,7 +25,7 @@ def _project_home_env() -> None:
     for key, value in {"ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                        "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
                        "ZENML_LOGGING_VERBOSITY": "WARN", "ZENML_ENABLE_RICH_TRACEBACK": "false",
-                       "MLFLOW_LOGGING_LEVEL": "WARNING"}.items():
+                       "MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
         os.environ.setdefault(key, value)
     home = os.environ.get("UDON_HOME")
     if not home:
@@ -92,7 +92,6 @@ def print_outcome(outcome) -> None:
     for name, status, seconds in outcome.steps:
         took = "" if seconds is None or status.endswith("cached") else f"{seconds:6.1f} s"
         click.echo(f"  {name:16} {status.rsplit('.', 1)[-1]:10} {took:>8}  {_step_result(name, outcome)}")
-    click.echo(f"Data version (DVC md5): {outcome.dataset_md5}")
     print_validation(outcome.validation, outcome.validation_page)
     click.echo()
     click.echo(format_by_metric(reports))
