@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,12 +30,21 @@ class BackboneConfig(BaseModel):
         ".pth/.pt state dict or official AugReg .npz file",
     )
     img_size: int | None = Field(default=None, description="input size for ViTs (position embeddings); CNNs ignore it")
+    drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0,
+                                  description="stochastic depth of the backbone's blocks (official UNIC student: 0.1)")
+    act: Literal["default", "gelu_tanh"] = Field(
+        default="default", description="'gelu_tanh': the tanh-approximated GELU of the official (JAX/Flax) ViT "
+        "in every MLP, for exact parity with UDON's code; 'default': the timm model's own activation")
 
 
 def _create_timm(cfg: BackboneConfig) -> nn.Module:
     import timm
 
     kwargs: dict = {"num_classes": 0, "pretrained": cfg.pretrained == HUB}  # num_classes=0: pooled features
+    if cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.act != "default":
+        kwargs["act_layer"] = cfg.act
     if cfg.img_size is not None:
         try:
             return timm.create_model(cfg.name, img_size=cfg.img_size, **kwargs)

@@ -55,13 +55,14 @@ def load_specialists(folders: dict[str, str], domains: list[str]) -> tuple[dict[
     return teachers, weights
 
 
-def build_task(model: UdonModel, cfg: TrainConfig, loss: LossConfig) -> nn.Module:
-    """The task ``cfg.method`` trains ``model`` with (``loss`` is the per-rank loss configuration)."""
+def build_task(model: UdonModel, cfg: TrainConfig, loss: LossConfig, rank: int = 0) -> nn.Module:
+    """The task ``cfg.method`` trains ``model`` with (``loss`` is the per-rank loss configuration, ``rank``
+    this process's data-parallel rank)."""
     if cfg.method == "udon-offline":
         teachers, class_weights = load_specialists(dict(cfg.specialists), model.domains)
         return OfflineUdonTask(model, teachers, class_weights, loss)
     udon = UdonTask(model, loss, student_head_group=cfg.student_head_group, student_classifier=cfg.student_classifier)
     if cfg.method not in UNIC_METHODS:
         return udon
-    unic = UnicTask(model, create_teachers(cfg.unic.teachers), cfg.unic, cfg.steps)
+    unic = UnicTask(model, create_teachers(cfg.unic.teachers), cfg.unic, cfg.steps, seed=cfg.seed, rank=rank)
     return CombinedTask(udon, unic, cfg.unic.aux_weight)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -91,8 +92,16 @@ class TrainConfig(BaseModel):
     # 44,236, i.e. for 44,237 updates; here "lr 0 while step < frozen_steps", hence 44,237.
     frozen_steps: int = Field(default=44_237, ge=0, description="steps with backbone lr 0 (heads-only warm phase)")
     weight_decay: float = Field(default=1e-6, ge=0, description="decoupled (optax.adamw), on all parameters")
+    decay_exclude_1d: bool = Field(
+        default=False, description="no weight decay on biases and norm weights (parameters of fewer than 2 "
+        "dimensions), as official UNIC; UDON decays every parameter")
     betas: tuple[float, float] = (0.9, 0.999)  # optax defaults
     eps: float = 1e-8
+    lr_schedule: Literal["constant", "warmup_cosine"] = Field(
+        default="constant", description="'constant' (UDON); 'warmup_cosine': linear warmup from 0 over "
+        "warmup_steps, then cosine decay to min_lr at the last step (official UNIC, DINO's cosine_scheduler)")
+    warmup_steps: int = Field(default=0, ge=0, description="warmup_cosine: steps of the linear warmup")
+    min_lr: float = Field(default=1e-6, ge=0, description="warmup_cosine: the learning rate of the last step")
     student_head_group: Literal["heads", "backbone"] = Field(
         default="heads", description="optimiser group of the 64-d projection (UDON: heads; UnED baselines: backbone)"
     )
@@ -178,14 +187,43 @@ class TrainResult:
 
 
 def build_optimizer(task: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with one named group per ``task.param_groups()`` entry; ``learning_rates`` sets their lr."""
-    groups = [{"name": name, "params": params, "lr": 0.0} for name, params in task.param_groups().items()]
+    """AdamW with one named group per ``task.param_groups()`` entry; ``learning_rates`` sets their lr.
+
+    With ``decay_exclude_1d`` each group is split in two under the same name: weights of two or more
+    dimensions with ``weight_decay``, biases and norm weights without.
+    """
+    groups = []
+    for name, params in task.param_groups().items():
+        if not cfg.decay_exclude_1d:
+            groups.append({"name": name, "params": params, "lr": 0.0, "weight_decay": cfg.weight_decay})
+            continue
+        decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+        groups += [g for g in ({"name": name, "params": decay, "lr": 0.0, "weight_decay": cfg.weight_decay},
+                               {"name": name, "params": no_decay, "lr": 0.0, "weight_decay": 0.0}) if g["params"]]
     return torch.optim.AdamW(groups, lr=cfg.lr_heads, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+def scheduled_lr(step: int, cfg: TrainConfig, base: float) -> float:
+    """The learning rate of 0-based ``step`` for a group whose peak rate is ``base``.
+
+    'warmup_cosine' follows DINO's/UNIC's ``cosine_scheduler``: ``linspace(0, base, warmup_steps)`` for the
+    first steps, then ``min_lr + (base - min_lr) / 2 * (1 + cos(pi * i / n))`` over the remaining n steps.
+    """
+    if cfg.lr_schedule == "constant" or base == 0.0:
+        return base
+    w = min(cfg.warmup_steps, cfg.steps)
+    if step < w:
+        return base * step / (w - 1) if w > 1 else base
+    n = cfg.steps - w
+    i = step - w
+    return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1 + math.cos(math.pi * i / n)) if n > 0 else base
+
+
 def learning_rates(step: int, cfg: TrainConfig) -> dict[str, float]:
-    """Constant heads lr; backbone lr 0 while ``step < frozen_steps`` (0-based), then constant."""
-    return {"heads": cfg.lr_heads, "backbone": 0.0 if step < cfg.frozen_steps else cfg.lr_backbone}
+    """Heads and backbone rates at ``step`` (0-based): the schedule's, with the backbone at 0 while
+    ``step < frozen_steps``."""
+    backbone = 0.0 if step < cfg.frozen_steps else scheduled_lr(step, cfg, cfg.lr_backbone)
+    return {"heads": scheduled_lr(step, cfg, cfg.lr_heads), "backbone": backbone}
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -297,7 +335,7 @@ def _stream(root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, name: str, 
 def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
                 device: torch.device, ctx: DistContext = DistContext()) -> _Loop:
     shard_size(cfg.batch_size, ctx)  # a clear error before any worker starts
-    task = build_task(model, cfg, per_rank_loss(cfg.loss, ctx))
+    task = build_task(model, cfg, per_rank_loss(cfg.loss, ctx), rank=ctx.rank)
     if cfg.compile:
         model.backbone.compile(backend=cfg.compile_backend)  # in place: parameter names are unchanged
     transform = train_transform(model.config.preprocess)

@@ -226,6 +226,10 @@ def teacher_drop_weights(losses: torch.Tensor, p: float, generator: torch.Genera
     return coeff / coeff.sum()
 
 
+def _restore_drop_generator(task: "UnicTask", incompatible_keys: Any) -> None:
+    task.drop_generator.set_state(task.drop_rng_state.cpu())
+
+
 class UnicProjectors(nn.Module):
     """All ladders: ``ladders[teacher][token type]``; maps the student's block tokens to every teacher."""
 
@@ -265,7 +269,8 @@ class UnicTask(nn.Module):
     step; teachers excluded) is everything a checkpoint needs beyond the model to resume exactly.
     """
 
-    def __init__(self, model: UdonModel, teachers: Sequence[FrozenTeacher], cfg: UnicConfig, total_steps: int) -> None:
+    def __init__(self, model: UdonModel, teachers: Sequence[FrozenTeacher], cfg: UnicConfig, total_steps: int,
+                 seed: int = 0, rank: int = 0) -> None:
         super().__init__()
         if not teachers:
             raise InvalidValueError("UNIC needs at least one teacher (UnicConfig.teachers is empty)")
@@ -283,6 +288,11 @@ class UnicTask(nn.Module):
             {n: nn.ModuleDict({k: RunningStandardizer(d) for k in TOKEN_TYPES}) for n, d in dims.items()}
         )
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # why seed + rank: as the official main_unic.py, each data-parallel rank drops teachers with its own
+        # draws (the images differ per rank). The generator's state is a buffer, so a checkpoint resumes it.
+        self.drop_generator = torch.Generator().manual_seed(seed + rank)
+        self.register_buffer("drop_rng_state", self.drop_generator.get_state())
+        self.register_load_state_dict_post_hook(_restore_drop_generator)
         pre = model.config.preprocess
         self.student_norm = Normalization(pre.mean, pre.std)
         self.to(next(model.parameters()).device)
@@ -340,7 +350,8 @@ class UnicTask(nn.Module):
             per = {n: teacher_image_losses({k: v.float() for k, v in preds[n].items()}, targets[n],
                                            self.cfg.lam_cos, self.cfg.lam_sl1) for n in self.teachers}
             losses = torch.stack([per[n]["all"] for n in self.teachers])  # [T, B]
-            coeff = teacher_drop_weights(losses.detach(), self.cfg.drop_prob)
+            coeff = teacher_drop_weights(losses.detach(), self.cfg.drop_prob, self.drop_generator)
+            self.drop_rng_state.copy_(self.drop_generator.get_state())
             total = (coeff * losses).sum()
         if self.training:
             self.step += 1

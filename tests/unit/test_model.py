@@ -251,3 +251,17 @@ def test_under_bf16_autocast_the_heads_and_losses_stay_float32(model):
     assert out["loss"].dtype == torch.float32 and emb.dtype == torch.float32
     out["loss"].backward()
     assert model.student.linear.weight.grad.dtype == torch.float32
+
+
+def test_backbone_options_for_unic_and_official_parity():
+    from udon_core.backbone import BackboneConfig, create_backbone
+
+    plain, _ = create_backbone(BackboneConfig(name="test_vit", img_size=16))
+    assert not [m for m in plain.modules() if type(m).__name__ == "DropPath"]
+    dropped, _ = create_backbone(BackboneConfig(name="test_vit", img_size=16, drop_path_rate=0.1))
+    rates = [m.drop_prob for m in dropped.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.1)  # timm ramps the rate up to the last block
+    tanh, _ = create_backbone(BackboneConfig(name="test_vit", img_size=16, act="gelu_tanh"))
+    x = torch.linspace(-3, 3, 7)
+    acts = [m for m in tanh.modules() if "GELU" in type(m).__name__]
+    assert acts and torch.allclose(acts[0](x), torch.nn.functional.gelu(x, approximate="tanh"))

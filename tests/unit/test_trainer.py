@@ -15,7 +15,9 @@ from udon_core.task import UdonTask
 from udon_core.train import TrainingConfig, build_model, run_training
 from udon_core.sampler import SamplerConfig
 from udon_core.distributed import DistContext
-from udon_core.trainer import TrainConfig, _build_loop, learning_rates, per_rank_loss, train, train_step
+from udon_core.trainer import (
+    TrainConfig, _build_loop, build_optimizer, learning_rates, per_rank_loss, train, train_step,
+)
 from udon_core.transforms import train_transform
 from udon_core.uned import num_train_classes, read_manifest, records_of
 
@@ -323,3 +325,32 @@ def test_distillation_methods_say_what_they_are_missing():
         TrainConfig(method="unic")
     with pytest.raises(ValueError, match="set specialists"):
         TrainConfig(method="udon-offline")
+
+
+def test_warmup_cosine_schedule_matches_unics_cosine_scheduler_by_hand():
+    cfg = TrainConfig(steps=11, frozen_steps=0, lr_heads=3e-4, lr_backbone=3e-4, lr_schedule="warmup_cosine",
+                      warmup_steps=3, min_lr=1e-6)
+    lrs = [learning_rates(s, cfg)["heads"] for s in range(11)]
+    # warmup: linspace(0, 3e-4, 3); then 8 cosine steps from 3e-4 down towards 1e-6 (i = 0..7 of n = 8)
+    assert lrs[:3] == pytest.approx([0.0, 1.5e-4, 3e-4])
+    assert lrs[3] == pytest.approx(3e-4)
+    assert lrs[7] == pytest.approx(1e-6 + 0.5 * (3e-4 - 1e-6) * (1 + math.cos(math.pi * 4 / 8)))  # the midpoint
+    assert lrs[10] == pytest.approx(1e-6 + 0.5 * (3e-4 - 1e-6) * (1 + math.cos(math.pi * 7 / 8)))
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    frozen = cfg.model_copy(update={"frozen_steps": 5})
+    assert [learning_rates(s, frozen)["backbone"] for s in (4, 5)] == [0.0, pytest.approx(lrs[5])]
+    assert learning_rates(7, TrainConfig(frozen_steps=0))["heads"] == 1e-3  # UDON: constant
+
+
+def test_weight_decay_can_spare_biases_and_norms(bench):
+    _, _, classes = bench
+    model = _model(classes)
+    task = UdonTask(model, TrainConfig().loss)
+    groups = build_optimizer(task, TrainConfig(weight_decay=0.03, decay_exclude_1d=True)).param_groups
+    assert {g["name"] for g in groups} == {"heads", "backbone"}
+    for g in groups:
+        assert all(p.ndim >= 2 for p in g["params"]) if g["weight_decay"] == 0.03 else \
+            all(p.ndim < 2 for p in g["params"]) and g["weight_decay"] == 0.0
+    every = build_optimizer(task, TrainConfig(weight_decay=0.03)).param_groups
+    assert len(every) == 2 and all(g["weight_decay"] == 0.03 for g in every)  # UDON decays everything
+    assert sum(len(g["params"]) for g in groups) == sum(len(g["params"]) for g in every)

@@ -39,10 +39,10 @@ TEACHERS = (
 SMALL = UnicConfig(teachers=TEACHERS, hidden_dim=16, last_hidden_dim=32)
 
 
-def _task(cfg: UnicConfig = SMALL, total_steps: int = 10) -> UnicTask:
+def _task(cfg: UnicConfig = SMALL, total_steps: int = 10, rank: int = 0) -> UnicTask:
     torch.manual_seed(0)
     model = UdonModel(STUDENT, {"a": 3, "b": 4})
-    return UnicTask(model, create_teachers(cfg.teachers), cfg, total_steps=total_steps)
+    return UnicTask(model, create_teachers(cfg.teachers), cfg, total_steps=total_steps, rank=rank)
 
 
 def _batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,3 +437,19 @@ def test_offline_task_rejects_incomplete_teachers(tmp_path):
     plain = create_teachers(TEACHERS[:1])[0]
     with pytest.raises(ValueError, match="no embedding head"):
         OfflineUdonTask(model, {**teachers, "a": plain}, weights, LossConfig())
+
+
+def test_each_rank_drops_teachers_with_its_own_draws_and_a_checkpoint_resumes_them():
+    from udon_core.unic import teacher_drop_weights
+
+    losses = torch.rand(3, 64)
+    rank0, rank1 = (torch.Generator().manual_seed(7 + r) for r in (0, 1))  # seed + rank, as UnicTask seeds them
+    assert not torch.equal(teacher_drop_weights(losses, 0.5, rank0), teacher_drop_weights(losses, 0.5, rank1))
+    a, b = _task(), _task()
+    assert torch.equal(a.drop_rng_state, b.drop_rng_state)  # same seed and rank: same draws
+    assert not torch.equal(a.drop_rng_state, _task(rank=1).drop_rng_state)  # another rank: its own stream
+    images, labels = _batch()
+    a(images, labels, "a")
+    assert not torch.equal(a.drop_rng_state, b.drop_rng_state)  # the draw advanced the generator ...
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.drop_generator.get_state(), b.drop_generator.get_state())  # ... and resumes with it
