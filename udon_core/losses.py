@@ -39,12 +39,6 @@ class LossConfig(BaseModel):
         "True = paper Fig. 2 (distillation trains the student head only)",
     )
 
-    @model_validator(mode="after")
-    def _some_weight(self) -> "LossConfig":
-        if sum(self.weights().values()) <= 0:
-            raise InvalidValueError("at least one loss weight must be positive")
-        return self
-
     def weights(self) -> dict[str, float]:
         """Loss term name -> weight; the total is the weighted mean of the terms."""
         return {"teacher_ce": self.teacher_ce_weight, "student_ce": self.student_ce_weight, "kl": self.kl_weight,

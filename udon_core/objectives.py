@@ -4,7 +4,8 @@ method name becomes code.
 
 - ``udon`` and the UnED baselines (``uscrr``, ``ujcrr``, ..., ``specialist``): ``UdonTask``.
 - ``unic``: UNIC's ladder of projectors distilling frozen generic teachers, plus the NormFace-trained 64-d
-  student head (UNIC alone never trains a retrieval head): ``CombinedTask(student-only UdonTask, UnicTask)``.
+  student head as a separately weighted term: ``CombinedTask(student-only UdonTask, UnicTask)``; with every
+  loss weight at 0 (``loss.student_ce_weight: 0``), UNIC as published, distillation only: ``UnicTask``.
 - ``udon+unic``: online UDON plus the UNIC loss on the shared backbone: ``CombinedTask(UdonTask, UnicTask)``.
 - ``udon-offline``: the UDON paper's "separate teachers" ablation, frozen per-domain specialists distilled with
   UDON's logit and relational losses: ``OfflineUdonTask``.
@@ -61,8 +62,9 @@ def build_task(model: UdonModel, cfg: TrainConfig, loss: LossConfig, rank: int =
     if cfg.method == "udon-offline":
         teachers, class_weights = load_specialists(dict(cfg.specialists), model.domains)
         return OfflineUdonTask(model, teachers, class_weights, loss)
+    if cfg.method in UNIC_METHODS:
+        unic = UnicTask(model, create_teachers(cfg.unic.teachers), cfg.unic, cfg.steps, seed=cfg.seed, rank=rank)
+        if sum(loss.weights().values()) == 0:
+            return unic  # UNIC as published: distillation only, no retrieval head trained
     udon = UdonTask(model, loss, student_head_group=cfg.student_head_group, student_classifier=cfg.student_classifier)
-    if cfg.method not in UNIC_METHODS:
-        return udon
-    unic = UnicTask(model, create_teachers(cfg.unic.teachers), cfg.unic, cfg.steps, seed=cfg.seed, rank=rank)
-    return CombinedTask(udon, unic, cfg.unic.aux_weight)
+    return udon if cfg.method not in UNIC_METHODS else CombinedTask(udon, unic, cfg.unic.aux_weight)

@@ -161,6 +161,9 @@ class TrainConfig(BaseModel):
         if self.method == "specialist" and (self.domains is None or len(self.domains) != 1):
             raise InvalidValueError("method 'specialist' trains one model per domain: set domains to exactly one "
                              "domain, e.g. domains: [inshop], and run once per domain")
+        if self.method not in UNIC_METHODS and sum(self.loss.weights().values()) <= 0:
+            raise InvalidValueError("at least one loss weight must be positive (only unic may set them all to 0: "
+                                    "distillation alone, as published)")
         if self.method in UNIC_METHODS and not self.unic.teachers:
             raise InvalidValueError(f"method '{self.method}' distils frozen teachers: list them in unic.teachers")
         if self.method == "udon-offline" and not self.specialists:

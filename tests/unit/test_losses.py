@@ -89,7 +89,12 @@ def test_teacher_is_detached_in_both_distillation_losses():
     assert et.grad is None and es.grad is not None and es.grad.abs().sum() > 0
 
 
-def test_weights_must_not_all_be_zero():
+def test_weights_must_not_all_be_zero_unless_the_method_distils_frozen_teachers():
+    from udon_core.trainer import TrainConfig
+
     assert LossConfig().weights() == {"teacher_ce": 1.0, "student_ce": 1.0, "kl": 1.0, "relational": 1.0}
+    zero = {"teacher_ce_weight": 0, "student_ce_weight": 0, "kl_weight": 0, "relational_weight": 0}
     with pytest.raises(ValueError, match="at least one loss weight"):
-        LossConfig(teacher_ce_weight=0, student_ce_weight=0, kl_weight=0, relational_weight=0)
+        TrainConfig(loss=zero)
+    teacher = {"name": "t", "timm_model": "test_vit", "img_size": 16}
+    assert TrainConfig(method="unic", loss=zero, unic={"teachers": [teacher]}).loss.weights()["student_ce"] == 0

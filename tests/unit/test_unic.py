@@ -453,3 +453,22 @@ def test_each_rank_drops_teachers_with_its_own_draws_and_a_checkpoint_resumes_th
     assert not torch.equal(a.drop_rng_state, b.drop_rng_state)  # the draw advanced the generator ...
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.drop_generator.get_state(), b.drop_generator.get_state())  # ... and resumes with it
+
+
+def test_unic_with_no_retrieval_term_is_distillation_only_and_the_head_is_a_weighted_option():
+    from udon_core.losses import LossConfig
+    from udon_core.objectives import build_task
+    from udon_core.trainer import TrainConfig
+    from udon_core.unic import CombinedTask
+
+    model = UdonModel(STUDENT, {"a": 3, "b": 4})
+    pure = TrainConfig(method="unic", unic=SMALL, loss={"student_ce_weight": 0})
+    task = build_task(model, pure, pure.loss)
+    assert isinstance(task, UnicTask)
+    images, labels = _batch()
+    out = task(images, labels, "a")
+    assert "loss/student_ce" not in out and "loss/vit_b/cls" in out
+    with_head = TrainConfig(method="unic", unic=SMALL, loss={"student_ce_weight": 0.5})
+    combined = build_task(model, with_head, with_head.loss)
+    assert isinstance(combined, CombinedTask) and combined.udon.loss.weights()["student_ce"] == 0.5
+    assert LossConfig(student_ce_weight=0, teacher_ce_weight=0, kl_weight=0, relational_weight=0)  # allowed here
