@@ -34,7 +34,7 @@ from udon_core.retrieval import RetrievalReport, evaluate_embeddings
 from udon_core.train import TrainingConfig, apply_overrides, build_model, load_run_file, run_training
 from udon_core.uned import read_manifest
 
-UNIVERSAL = ("udon", "uscrr", "uscds", "ujcrr", "ujcds", "udon-offline", "unic", "udon+unic")
+UNIVERSAL = ("udon", "uscrr", "uscds", "ujcrr", "ujcds", "udon-offline", "unic", "unic-published", "udon+unic")
 # The student's 64 px images at 64 px: a CPU-sized teacher pass (its native 224 would cost 12x more).
 LITE0_TEACHER = {"name": "lite0", "timm_model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-package",
                  "img_size": 64}
@@ -45,7 +45,7 @@ def _with_method(config: TrainingConfig, method: str, **extra) -> TrainingConfig
     train = config.train.model_dump(exclude_unset=True)
     for key in ("loss", "sampler", "frozen_steps"):  # the preset decides these; keep only the run's rhythm
         train.pop(key, None)
-    if method not in ("unic",):
+    if method not in ("unic", "unic-published"):
         train["frozen_steps"] = config.train.frozen_steps
     sampler = {"update_every": config.train.sampler.update_every}
     if method == "udon-offline":
@@ -95,7 +95,7 @@ def main() -> None:
         for method in (m for m in args.methods if m != "specialist"):
             start = time.perf_counter()
             extra = {"specialists": specialists} if method == "udon-offline" else (
-                {"unic": {"teachers": [LITE0_TEACHER]}} if method in ("unic", "udon+unic") else {})
+                {"unic": {"teachers": [LITE0_TEACHER]}} if method in ("unic", "unic-published", "udon+unic") else {})
             model = _train(_with_method(config, method, **extra), root, manifest, spec)
             for protocol, report in _scores(model, root, manifest, spec, ("merged", "separate")).items():
                 reports[protocol][method] = report

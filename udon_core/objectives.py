@@ -30,7 +30,7 @@ from udon_core.errors import InvalidValueError
 if TYPE_CHECKING:
     from udon_core.trainer import TrainConfig
 
-UNIC_METHODS = ("unic", "udon+unic")
+UNIC_METHODS = ("unic", "unic-published", "udon+unic")
 
 
 def load_specialists(folders: dict[str, str], domains: list[str]) -> tuple[dict[str, FrozenTeacher],

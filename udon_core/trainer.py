@@ -47,7 +47,8 @@ from udon_core.progress import progress as show_progress
 log = logging.getLogger(__name__)
 MetricsCallback = Callable[[dict[str, float], int], None]
 Validator = Callable[[EmbeddingModel], float]
-Method = Literal["udon", "uscrr", "uscds", "ujcrr", "ujcds", "specialist", "unic", "udon+unic", "udon-offline"]
+Method = Literal["udon", "uscrr", "uscds", "ujcrr", "ujcds", "specialist", "unic", "unic-published", "udon+unic",
+                 "udon-offline"]
 
 # What each method changes from the UDON defaults (research/udon.md section 4, "Differences from the UnED
 # baseline configs"): the UnED baselines train one 64-d projection with NormFace CE only, for 7 epochs
@@ -67,6 +68,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # UNIC trains the backbone from step 0 (no frozen phase) with the student head on NormFace CE; its teachers
     # give no per-domain loss for the dynamic sampler, so domains are taken in turn.
     "unic": {"frozen_steps": 0, "loss": _NO_TEACHERS, "sampler": {"strategy": "round_robin"}},
+    # UNIC as published (research/unic.md): distillation only, AdamW (0.9, 0.99), weight decay 0.03 on weights
+    # of 2+ dimensions, one peak lr 3e-4 x batch/256 for encoder and ladder, linear warmup over 10 of 200
+    # epochs, cosine to 1e-6. The student's drop-path 0.1 is a model setting (model.backbone.drop_path_rate).
+    "unic-published": {"frozen_steps": 0, "loss": {**_NO_TEACHERS, "student_ce_weight": 0.0},
+                       "sampler": {"strategy": "round_robin"}, "betas": (0.9, 0.99), "weight_decay": 0.03,
+                       "decay_exclude_1d": True, "lr_schedule": "warmup_cosine", "min_lr": 1e-6},
     "udon+unic": {},
     # No online teacher CE exists: the dynamic sampler follows the student's CE (the official alternative).
     "udon-offline": {"sampler": {"signal": "loss/student_ce"}},
@@ -149,6 +156,11 @@ class TrainConfig(BaseModel):
                 merged[key] = {**value, **given}
             elif key not in merged:
                 merged[key] = value
+        if merged.get("method") == "unic-published":  # what depends on the run's own batch and length
+            peak = 3e-4 * merged.get("batch_size", cls.model_fields["batch_size"].default) / 256
+            merged.setdefault("lr_heads", peak)
+            merged.setdefault("lr_backbone", peak)
+            merged.setdefault("warmup_steps", merged.get("steps", cls.model_fields["steps"].default) // 20)
         return merged
 
     @property

@@ -354,3 +354,15 @@ def test_weight_decay_can_spare_biases_and_norms(bench):
     every = build_optimizer(task, TrainConfig(weight_decay=0.03)).param_groups
     assert len(every) == 2 and all(g["weight_decay"] == 0.03 for g in every)  # UDON decays everything
     assert sum(len(g["params"]) for g in groups) == sum(len(g["params"]) for g in every)
+
+
+def test_the_published_unic_preset_has_the_official_optimiser():
+    teacher = {"name": "t", "timm_model": "test_vit", "img_size": 16}
+    cfg = TrainConfig.model_validate({"method": "unic-published", "steps": 2000, "batch_size": 64,
+                                      "unic": {"teachers": [teacher]}})
+    assert (cfg.betas, cfg.weight_decay, cfg.decay_exclude_1d) == ((0.9, 0.99), 0.03, True)
+    assert cfg.lr_heads == cfg.lr_backbone == pytest.approx(3e-4 * 64 / 256)  # one peak for encoder and ladder
+    assert (cfg.lr_schedule, cfg.warmup_steps, cfg.min_lr, cfg.frozen_steps) == ("warmup_cosine", 100, 1e-6, 0)
+    assert sum(cfg.loss.weights().values()) == 0  # distillation only
+    given = TrainConfig.model_validate({"method": "unic-published", "lr_heads": 1e-3, "unic": {"teachers": [teacher]}})
+    assert given.lr_heads == 1e-3 and given.lr_backbone == pytest.approx(1.5e-4)  # a given value wins
