@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,10 @@ class TeacherConfig(BaseModel):
         description="teacher input side; None = the teacher's own (the size a timm ViT was built for, timm's data "
         "config for CNNs, Preprocess.image_size for udon models)",
     )
+    global_feature: Literal["auto", "cls", "pooled"] = Field(
+        default="auto", description="the teacher's global token UNIC distils: 'auto' = what the teacher itself "
+        "embeds with (timm's forward_head: the class token for token-pooled ViTs, fc_norm of the mean patch "
+        "token for dBOT-style avg-pooled ones); 'cls' = the raw class token; 'pooled' = forward_head always")
     mean: RGB | None = Field(default=None, description="override the source's normalisation mean")
     std: RGB | None = Field(default=None, description="override the source's normalisation std")
 
@@ -141,9 +145,10 @@ class FrozenTeacher(nn.Module):
     """
 
     def __init__(self, name: str, model: nn.Module, norm: Normalization, img_size: int,
-                 head: nn.Module | None = None, interpolation: str = "bicubic") -> None:
+                 head: nn.Module | None = None, interpolation: str = "bicubic", global_feature: str = "auto") -> None:
         super().__init__()
         self.name, self.norm, self.img_size, self.interpolation = name, norm, img_size, interpolation
+        self.global_feature = global_feature
         self.model = model
         self.head = head
         self.is_vit = hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
@@ -170,6 +175,8 @@ class FrozenTeacher(nn.Module):
         x = renormalize(images, source, self.norm, self.img_size, self.interpolation)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
             cls, pooled, patch, grid = (_vit_tokens if self.is_vit else _cnn_tokens)(self.model, x)
+        if self.global_feature != "cls":  # what the teacher embeds with (identical to cls for token pooling)
+            cls = pooled
         cls, patch = cls.float(), patch.float()
         embedding = None
         if self.head is not None:  # as EmbeddingModel.forward: the head in float32 on normalised features
@@ -227,7 +234,8 @@ def create_teacher(cfg: TeacherConfig) -> FrozenTeacher:
     """Build the frozen teacher ``cfg`` describes, with its preprocessing resolved from its source."""
     if cfg.timm_model is not None:
         model, norm, size, interpolation = _timm_teacher(cfg)
-        return FrozenTeacher(cfg.name, model, norm, size, interpolation=interpolation)
+        return FrozenTeacher(cfg.name, model, norm, size, interpolation=interpolation,
+                             global_feature=cfg.global_feature)
     exported = load_embedding_model(cfg.udon_model)  # an exported model, or a training model's student part
     pre = exported.config.preprocess
     norm = Normalization(tuple(cfg.mean or pre.mean), tuple(cfg.std or pre.std))

@@ -187,3 +187,23 @@ def test_efficientnet_lite0_package_teacher_has_the_real_weights_and_its_preproc
     assert teacher.norm == Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's data config of the TF port
     out = teacher(torch.randn(1, 3, 64, 64), TEACHER)  # resized to 224: a 7x7 map of stride 32
     assert out.grid == (7, 7) and out.patch.shape == (1, 49, 1280)
+
+
+def test_the_global_target_is_what_the_teacher_embeds_with_or_its_class_token_on_request():
+    torch.manual_seed(0)
+    dbot_style = timm.create_model("test_vit", num_classes=0, img_size=16, global_pool="avg")  # fc_norm(mean)
+    assert not isinstance(dbot_style.fc_norm, nn.Identity)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        tokens = dbot_style.forward_features(images)
+        pooled = dbot_style.forward_head(tokens, pre_logits=True)
+    auto = FrozenTeacher("t", dbot_style, STUDENT, 16)(images, STUDENT)
+    torch.testing.assert_close(auto.cls, pooled)
+    raw = FrozenTeacher("t", dbot_style, STUDENT, 16, global_feature="cls")(images, STUDENT)
+    torch.testing.assert_close(raw.cls, tokens[:, 0])
+    assert not torch.allclose(raw.cls, auto.cls)
+    token_pooled = timm.create_model("test_vit", num_classes=0, img_size=16)  # the usual ViT: both agree
+    a = FrozenTeacher("t", token_pooled, STUDENT, 16)(images, STUDENT)
+    b = FrozenTeacher("t", token_pooled, STUDENT, 16, global_feature="cls")(images, STUDENT)
+    torch.testing.assert_close(a.cls, b.cls)
+    assert TeacherConfig(name="t", timm_model="test_vit", global_feature="cls").global_feature == "cls"
