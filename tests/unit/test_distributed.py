@@ -60,3 +60,36 @@ def test_single_process_helpers():
     b = torch.nn.Linear(3, 2)
     assert torch.equal(weights_fingerprint(a), weights_fingerprint(a)) and not torch.equal(
         weights_fingerprint(a), weights_fingerprint(b))
+
+
+def _unic_rank_main(rank: int, store: str, out: str) -> None:
+    from udon_core.distributed import current_context
+    from udon_core.model import ModelConfig, UdonModel
+    from udon_core.backbone import BackboneConfig
+    from udon_core.objectives import build_task
+    from udon_core.trainer import TrainConfig
+    from udon_core.unic import teacher_drop_weights
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = UdonModel(ModelConfig(backbone=BackboneConfig(name="test_vit", img_size=16), student_dim=8,
+                                  teacher_dim=8), {"a": 2})
+    cfg = TrainConfig(method="unic", seed=3, unic={"teachers": [{"name": "t", "timm_model": "test_vit",
+                                                                  "img_size": 16}],
+                                                    "hidden_dim": 8, "last_hidden_dim": 16})
+    task = build_task(model, cfg, cfg.loss, rank=current_context().rank)  # as the trainer builds it
+    losses = torch.arange(3 * 32, dtype=torch.float32).reshape(3, 32) % 7  # the same losses on both ranks
+    keep = teacher_drop_weights(losses, 0.5, task.unic.drop_generator) > 0
+    torch.save(keep, Path(out, f"keep{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_each_gloo_rank_drops_teachers_with_its_own_draws(tmp_path):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.start_processes(_unic_rank_main, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    keep0, keep1 = (torch.load(tmp_path / f"keep{r}.pt", weights_only=True) for r in range(2))
+    assert not torch.equal(keep0, keep1)  # seed + rank: the ranks' images get independent drops
+    assert keep0.any(0).all() and keep1.any(0).all()  # each image keeps its worst-fit teacher
