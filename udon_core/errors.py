@@ -53,3 +53,7 @@ class StackError(UdonUserError, RuntimeError):
 
 class OutputExistsError(UdonUserError, FileExistsError):
     """An output location that already holds something the command will not overwrite unasked."""
+
+
+class NonFiniteLossError(UdonUserError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the message names the step, the domain and the terms."""

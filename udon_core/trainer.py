@@ -33,7 +33,7 @@ from udon_core.device import resolve_device
 from udon_core.distributed import (
     DistContext, broadcast_from_main, check_ranks_agree, init_distributed, mean_over_ranks, shard_size,
 )
-from udon_core.errors import CheckpointError, InvalidValueError, UnknownNameError
+from udon_core.errors import CheckpointError, InvalidValueError, NonFiniteLossError, UnknownNameError
 from udon_core.domain_loader import DomainStream, stream_seed
 from udon_core.losses import LossConfig
 from udon_core.model import EmbeddingModel, UdonModel
@@ -361,6 +361,23 @@ def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: Benc
                  domain_steps=[0] * len(streams))
 
 
+def check_finite(out: dict[str, torch.Tensor], step: int, domain: str) -> None:
+    """Stop before a NaN or infinite loss reaches the weights (and every later checkpoint), naming the step,
+    the domain and each term that is not finite.
+
+    why here, every step: one update with a NaN gradient corrupts the model for good; the check costs one
+    device-to-host copy of a scalar, as the dynamic sampler's signal already does.
+    """
+    if bool(torch.isfinite(out["loss"].detach()).item()):
+        return
+    bad = {k: float(v.detach().float()) for k, v in out.items()
+           if isinstance(v, torch.Tensor) and v.numel() == 1 and not bool(torch.isfinite(v.detach()).item())}
+    terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+    raise NonFiniteLossError(f"step {step}, domain '{domain}': the loss is not finite ({terms}); training "
+                             "stopped before the update. Lower the learning rates (train.lr_heads, "
+                             "train.lr_backbone) or check that domain's images and labels")
+
+
 def train_step(loop: _Loop, cfg: TrainConfig) -> dict[str, torch.Tensor | float]:
     """One optimisation step on one domain's batch: forward, backward, AdamW. Returns the task's outputs
     (detached) plus the learning rates and the drawn domain; nothing is synchronised with the GPU except
@@ -371,6 +388,7 @@ def train_step(loop: _Loop, cfg: TrainConfig) -> dict[str, torch.Tensor | float]
     amp = cfg.amp and loop.device.type == "cuda"
     with torch.autocast(loop.device.type, dtype=torch.bfloat16, enabled=amp):
         out = loop.forward(images, labels, domain)
+    check_finite(out, loop.step, domain)
     # Idle heads keep zeroed gradient buffers (allocated once) so AdamW steps them as optax does.
     loop.optimizer.zero_grad(set_to_none=not cfg.zero_grad_inactive_heads)
     out["loss"].backward()

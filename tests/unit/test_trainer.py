@@ -366,3 +366,22 @@ def test_the_published_unic_preset_has_the_official_optimiser():
     assert sum(cfg.loss.weights().values()) == 0  # distillation only
     given = TrainConfig.model_validate({"method": "unic-published", "lr_heads": 1e-3, "unic": {"teachers": [teacher]}})
     assert given.lr_heads == 1e-3 and given.lr_backbone == pytest.approx(1.5e-4)  # a given value wins
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_domain_and_term(bench, tmp_path):
+    from udon_core.errors import NonFiniteLossError, UdonUserError
+
+    root, manifest, classes = bench
+    cfg = CFG.model_copy(update={"steps": 4, "checkpoint_every": 1})
+    model = _model(classes)
+    loop = _build_loop(model, root, manifest, SPEC, cfg, torch.device("cpu"))
+    train_step(loop, cfg)  # a healthy step
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.student.linear.weight.fill_(float("nan"))
+    before["student.linear.weight"] = model.student.linear.weight.clone()
+    with pytest.raises(NonFiniteLossError, match=r"step 1, domain '\w+': the loss is not finite \(.*loss=nan") as err:
+        train_step(loop, cfg)
+    assert isinstance(err.value, UdonUserError) and "student_ce=nan" in str(err.value)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).all() for k in before)  # no update
