@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from steps.model_registry import ModelRegistry, VersionInfo
+from steps.model_registry import ModelRegistry, RegistryError, VersionInfo
+from steps.tracking import LINEAGE_ARTIFACT
 
 Section = tuple[str, list[tuple[str, str]]]
 
@@ -47,6 +48,25 @@ def _config_section(run: Any) -> Section:
     return "Training config", [("model_trainer config", json.dumps(config, sort_keys=True) if config else "not found")]
 
 
+def _recorded_lineage(registry: ModelRegistry, version: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(registry.run_text(version, LINEAGE_ARTIFACT))
+    except RegistryError:
+        return None
+
+
+def _recorded_sections(doc: dict[str, Any]) -> list[Section]:
+    zen, val = doc["zenml"], doc["validation"]
+    steps = [("pipeline run", f"{zen['pipeline_run']} (id {zen['pipeline_run_id']})")]
+    steps += [(f"step {name}", f"{status} (at registration)") for name, status in zen["steps_at_registration"].items()]
+    items = [("suite", val["suite"]), ("passed", str(val["passed"])),
+             ("expectations", f"{val['met']}/{val['evaluated']} met")]
+    items += [(f"{f['severity']} {f['check']}", f"{f['expectation']}({f['column']}): {f['rows']} row(s)")
+              for f in val["failed"]]
+    config = ("model_trainer config", json.dumps(doc["training_config"], sort_keys=True))
+    return [("ZenML", steps), ("Validation", items), ("Training config", [config])]
+
+
 def lineage(registry: ModelRegistry, version: str) -> list[Section]:
     """Titled sections of (key, value) lines for ``version`` of ``registry``'s model."""
     info = registry.version(version)
@@ -68,10 +88,12 @@ def lineage(registry: ModelRegistry, version: str) -> list[Section]:
     if teachers:
         sections.append(("Frozen teachers", [(name, ", ".join(f"{k}={v}" for k, v in src.items()))
                                              for name, src in teachers.items()]))
-    zen = _zenml_run(info)
-    if zen is None:
+    recorded = _recorded_lineage(registry, info.version)
+    if recorded is not None:  # written at registration: no need to start ZenML
+        sections += _recorded_sections(recorded)
+    elif (zen := _zenml_run(info)) is None:
         sections.append(("ZenML", [("pipeline run", "not recorded (registered outside the pipeline)")]))
-    else:
+    else:  # versions registered before the lineage document existed
         sections += [_steps_section(zen), _validation_section(zen), _config_section(zen)]
     events = [e for e in registry.history() if info.version in (e["version"], e.get("previous"))]
     sections.append(("Promotions", [(e["at"], f"{e['action']} v{e['version']} by {e['by']}: {e['reason']}")

@@ -42,5 +42,6 @@ def training_pipeline(
         train_summary=train_summary, config=evaluation,
     )
     registration = model_registrar(model=model, training_model=training_model, metrics=metrics,
-                                   train_summary=train_summary, dataset=dataset, config=registry)
+                                   train_summary=train_summary, dataset=dataset, validation=validation_report,
+                                   training=training, config=registry)
     model_promoter(registration=registration, metrics=metrics, config=registry)

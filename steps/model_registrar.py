@@ -7,11 +7,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from zenml import get_step_context, log_metadata, step
+from zenml.client import Client
 
 from steps.data_ingester import DatasetVersion
 from steps.mlflow_registry import register_embedding_model
 from steps.model_registry import ZENML_VERSION_TAG
-from steps.tracking import log_dataset_input, log_evaluation
+from steps.expectations import ValidationReport
+from steps.tracking import log_dataset_input, log_evaluation, log_lineage
+from udon_core.train import TrainingConfig
 from udon_core.gate import GatePolicy
 from udon_core.model import EmbeddingModel, UdonModel
 from udon_core.report import format_markdown
@@ -31,16 +34,33 @@ class RegistryConfig(BaseModel):
     )
 
 
+def lineage_document(pipeline_run: Any, validation: ValidationReport, training: TrainingConfig) -> dict[str, Any]:
+    """What `udon lineage` shows of the ZenML side, recorded with the version so that reading it needs only
+    MLflow (starting ZenML costs most of a CLI call): the run's steps as they stood at registration, the
+    validation verdict and the training configuration."""
+    failed = [o for o in validation.outcomes if not o.success]
+    return {
+        "zenml": {"pipeline_run": str(pipeline_run.name), "pipeline_run_id": str(pipeline_run.id),
+                  "steps_at_registration": {n: str(s.status).rsplit(".", 1)[-1] for n, s in pipeline_run.steps.items()}},
+        "validation": {"suite": validation.suite, "passed": validation.success, "evaluated": validation.evaluated,
+                       "met": validation.evaluated - len(failed),
+                       "failed": [{"severity": o.severity, "check": o.check, "expectation": o.expectation,
+                                   "column": o.column, "rows": o.unexpected_count} for o in failed]},
+        "training_config": training.model_dump(mode="json"),
+    }
+
+
 @step
 def model_registrar(
     model: EmbeddingModel, training_model: UdonModel, metrics: dict[str, Any], train_summary: dict[str, Any],
-    dataset: DatasetVersion, config: RegistryConfig,
+    dataset: DatasetVersion, validation: ValidationReport, training: TrainingConfig, config: RegistryConfig,
 ) -> Annotated[dict[str, Any], "registration"]:
-    """Log the model with its signature, tags and evaluation to MLflow, register a version, link it to the
-    ZenML model version."""
+    """Log the model with its signature, tags, evaluation and lineage to MLflow, register a version, link it
+    to the ZenML model version."""
     context = get_step_context()
     # The version's own run carries its evaluation even when the evaluate step was cached (an earlier run).
     log_evaluation({"trained": metrics}, format_markdown(RetrievalReport.from_dict(metrics)))
+    log_lineage(lineage_document(Client().get_pipeline_run(context.pipeline_run.id), validation, training))
     log_dataset_input(None, f"{dataset.benchmark.name}@{dataset.dvc_md5[:8]}", dataset.root, dataset.dvc_md5)
     registration = register_embedding_model(
         model, config.model_name, metrics=metrics, dataset_tags={

@@ -105,6 +105,18 @@ def log_evaluation(reports: dict[str, dict[str, Any]], report_markdown: str) -> 
     mlflow.log_text(report_markdown, "evaluation/report.md")
 
 
+LINEAGE_ARTIFACT = "lineage.json"
+
+
+def log_lineage(document: dict[str, Any]) -> None:
+    """The version's lineage document (see steps/model_registrar.py) to the step's MLflow run."""
+    if not _tracker_active():
+        return
+    import mlflow
+
+    mlflow.log_dict(document, LINEAGE_ARTIFACT)
+
+
 def active_run_id() -> str | None:
     """The MLflow run ZenML opened for this step, if the step has the tracker."""
     if not _tracker_active():

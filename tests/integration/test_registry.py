@@ -103,9 +103,12 @@ def test_models_and_lineage_show_the_chain(registry, tiny_repo):
     chain = _cli("lineage", "1", "--model", MODEL)
     assert chain.exit_code == 0, chain.output
     pin = dvc_store.read_pin(tiny_repo)
-    for expected in (f"DVC md5: {pin.md5}", "git revision of data.dvc:", "git commit:", "step model_trainer:",
-                     "suite: demo-manifest", "passed: True", '"steps": 6', "promote v1 by udon-gate"):
+    for expected in (f"DVC md5: {pin.md5}", "git revision of data.dvc:", "git commit:",
+                     "step model_trainer: completed (at registration)", "suite: demo-manifest", "passed: True",
+                     '"steps": 6', "promote v1 by udon-gate"):
         assert expected in chain.output, expected
+    # read from the lineage document recorded with the version: MLflow only, no ZenML start
+    assert json.loads(reg.run_text("1", "lineage.json"))["zenml"]["steps_at_registration"]["model_trainer"]
 
 
 def test_retrain_runs_only_when_the_data_changed(registry, tiny_repo):
