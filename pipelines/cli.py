@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from udon_core.errors import InvalidValueError, UdonUserError
 
 # Errors that explain themselves (bad config, data that does not match its pin, failed validation, missing

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+
 from udon_core.errors import UdonUserError
 
 WorkspaceState = Literal["clean", "missing", "modified"]

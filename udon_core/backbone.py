@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
 from udon_core.errors import InvalidValueError
 
 # Source names accepted by BackboneConfig.pretrained, besides a file path.

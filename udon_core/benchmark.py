@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from udon_core.errors import InvalidValueError, UnknownNameError
 
 BENCHMARK_FILE = "benchmark.json"

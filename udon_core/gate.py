@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from udon_core.errors import InvalidValueError
 
 METRICS = ("mmp_at_5", "r_at_1")

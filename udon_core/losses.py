@@ -9,8 +9,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from udon_core.errors import InvalidValueError
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LossConfig(BaseModel):

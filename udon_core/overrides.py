@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
+
 from udon_core.errors import InvalidValueError
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
 from udon_core.errors import InvalidValueError
 
 Strategy = Literal["dynamic", "round_robin", "dataset_size", "balanced"]
