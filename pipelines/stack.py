@@ -44,14 +44,10 @@ def _no_analytics_in_our_config() -> None:
     why the file: with ZENML_ANALYTICS_OPT_IN=false in the environment ZenML's settings object already reads
     False and never writes the value back.
     """
-    import os
-    from pathlib import Path
-
     import yaml
 
-    home, config = os.environ.get("UDON_HOME"), os.environ.get("ZENML_CONFIG_PATH", "")
-    path = Path(config) / "config.yaml"
-    if not (home and config.startswith(home) and path.is_file()):
+    path = _our_zenml_config()
+    if path is None:
         return
     doc = yaml.safe_load(path.read_text()) or {}
     if isinstance(doc, dict) and doc.get("analytics_opt_in") is not False:
@@ -87,18 +83,25 @@ def tracking_uri() -> str | None:
     return uri
 
 
+def _our_zenml_config():
+    """ZenML's global config file when it is the one this project keeps under $UDON_HOME, else None."""
+    import os
+    from pathlib import Path
+
+    home, config = os.environ.get("UDON_HOME"), os.environ.get("ZENML_CONFIG_PATH", "")
+    path = Path(config) / "config.yaml"
+    return path if home and config.startswith(home) and path.is_file() else None
+
+
 def _active_stack_id() -> str | None:
     """The active stack named in the ZenML config under $UDON_HOME; None when another config may decide."""
-    import os
     from pathlib import Path
 
     import yaml
 
-    home, config = os.environ.get("UDON_HOME"), os.environ.get("ZENML_CONFIG_PATH", "")
-    path = Path(config) / "config.yaml"
+    path = _our_zenml_config()
     here = Path.cwd().resolve()
-    if not (home and config.startswith(home) and path.is_file()) or any(
-            (d / ".zen").exists() for d in (here, *here.parents)):
+    if path is None or any((d / ".zen").exists() for d in (here, *here.parents)):
         return None
     doc = yaml.safe_load(path.read_text()) or {}
     return str(doc["active_stack_id"]) if isinstance(doc, dict) and doc.get("active_stack_id") else None

@@ -12,7 +12,7 @@ from zenml.types import HTMLString
 
 from steps.data_ingester import DatasetVersion
 from steps.expectations import (
-    ValidationConfig, ValidationReport, image_suite, info_file_outcome, manifest_suite, report_html, run_suite,
+    ValidationConfig, ValidationReport, image_suite, info_file_report, manifest_suite, report_html, run_suite,
 )
 from udon_core.image_checks import inspect_images
 from udon_core.manifest_checks import annotate_manifest
@@ -36,16 +36,13 @@ def data_validator(
                               link_roots=links)
     suites = [run_suite(frame, manifest_suite(dataset.benchmark, dataset.classes, config.check_files, config,
                                               dataset.classes_source))]
+    if config.severity_of("info_file_format") != "off":
+        problems = [InfoFileProblem(**p) for p in dataset.info_file_problems]
+        suites.append(info_file_report(problems, config.severity_of("info_file_format")))
     if config.check_images:
         images = inspect_images(manifest, root / IMAGES_DIR, config.image_sample, config.image_seed)
         suites.append(run_suite(images, image_suite(dataset.benchmark, config)))
     report = ValidationReport.combine(*suites)
-    if config.severity_of("info_file_format") != "off":
-        problems = [InfoFileProblem(**p) for p in dataset.info_file_problems]
-        reader = info_file_outcome(problems, config.severity_of("info_file_format"))
-        report = report.model_copy(update={
-            "outcomes": [reader, *report.outcomes], "evaluated": report.evaluated + 1,
-            "success": report.success and (reader.success or reader.severity != "critical")})
     page = HTMLString(report_html(report))
     log_metadata(metadata={"validation_success": report.success, "expectations_evaluated": report.evaluated,
                            "critical_failures": len(report.critical_failures)})

@@ -231,6 +231,13 @@ def image_suite(spec: BenchmarkSpec, config: ValidationConfig):
     return suite
 
 
+def info_file_report(problems: list, severity: Severity) -> ValidationReport:
+    """The reader's findings as a one-check report, to combine with the suites' reports."""
+    outcome = info_file_outcome(problems, severity)
+    return ValidationReport(suite="info-files", success=outcome.success or severity != "critical", evaluated=1,
+                            outcomes=[outcome])
+
+
 def info_file_outcome(problems: list, severity: Severity) -> ExpectationOutcome:
     """The reader's findings (``udon_core.uned.InfoFileProblem``) as one outcome of the report."""
     rows = [FailedRow(domain=Path(p.file).parent.name, split=Path(p.file).stem, row=-1 if p.row is None else p.row,

@@ -61,7 +61,7 @@ def model_registrar(
     # The version's own run carries its evaluation even when the evaluate step was cached (an earlier run).
     log_evaluation({"trained": metrics}, format_markdown(RetrievalReport.from_dict(metrics)))
     log_lineage(lineage_document(Client().get_pipeline_run(context.pipeline_run.id), validation, training))
-    log_dataset_input(None, f"{dataset.benchmark.name}@{dataset.dvc_md5[:8]}", dataset.root, dataset.dvc_md5)
+    log_dataset_input(dataset.benchmark.name, dataset.root, dataset.dvc_md5)
     registration = register_embedding_model(
         model, config.model_name, metrics=metrics, dataset_tags={
             "data.dvc_md5": dataset.dvc_md5, "data.dvc_file_git_rev": dataset.dvc_file_git_rev or "",

@@ -34,7 +34,7 @@ def model_trainer(
     model = build_model(config, manifest, dataset.benchmark)
     untrained = model.embedding_model()
     log = active_tracker_logger(params={"data.dvc_md5": dataset.dvc_md5, **flatten(config.model_dump(mode="json"))})
-    log_dataset_input(manifest, f"{dataset.benchmark.name}@{dataset.dvc_md5[:8]}", dataset.root, dataset.dvc_md5)
+    log_dataset_input(dataset.benchmark.name, dataset.root, dataset.dvc_md5, manifest)
     with tempfile.TemporaryDirectory() as teachers_dir:  # frozen teachers named by reference, fetched here
         resolved, teachers = resolve_teacher_sources(config, Path(teachers_dir), mlflow_tracking_uri())
         result = run_training(

@@ -58,9 +58,10 @@ def mark_model_training() -> None:
     mlflow.set_experiment_tag(*EXPERIMENT_KIND)
 
 
-def log_dataset_input(manifest: Any | None, name: str, source: str, dvc_md5: str) -> None:
-    """The benchmark as the run's input dataset, the DVC hash as its digest: with the manifest's schema and
-    size when ``manifest`` is given, else by reference only (a register step whose train step was cached)."""
+def log_dataset_input(benchmark: str, source: str, dvc_md5: str, manifest: Any | None = None) -> None:
+    """The benchmark as the run's input dataset, named ``<benchmark>@<md5 prefix>`` with the DVC hash as its
+    digest: with the manifest's schema and size when ``manifest`` is given, else by reference only (a
+    register step whose train step was cached)."""
     if not _tracker_active():
         return
     import mlflow
@@ -69,6 +70,7 @@ def log_dataset_input(manifest: Any | None, name: str, source: str, dvc_md5: str
 
     # why: MLflow warns that a local path matches two equivalent source types, and that an int column cannot
     # hold missing values; neither applies to a manifest.
+    name = f"{benchmark}@{dvc_md5[:8]}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if manifest is not None:

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes | None = None, writer: Any = None) -> None:
+def _write_atomic(path: Path, writer: Callable[[Path], Any]) -> None:
+    """``writer(tmp)``, flushed to disk, then renamed to ``path``: readers see the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    if writer is not None:
-        writer(tmp)
-    else:
-        tmp.write_bytes(data or b"")
+    writer(tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -63,8 +62,9 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"checkpoint-{step:09d}.pt"
-    _write_atomic(path, writer=lambda tmp: torch.save(state, tmp))
-    _write_atomic(path.with_name(path.name + DIGEST_SUFFIX), f"{file_sha256(path)}  {path.name}\n".encode())
+    _write_atomic(path, lambda tmp: torch.save(state, tmp))
+    line = f"{file_sha256(path)}  {path.name}\n"
+    _write_atomic(path.with_name(path.name + DIGEST_SUFFIX), lambda tmp: tmp.write_text(line))
     # Keep the newest two that have their digest; a digest-less one (a crashed write) is never worth keeping.
     complete = [p for p in checkpoint_files(directory) if p.with_name(p.name + DIGEST_SUFFIX).is_file()]
     for old in [p for p in checkpoint_files(directory) if p not in complete[:KEEP]]:
@@ -79,7 +79,7 @@ def verify(path: Path) -> None:
     if not digest_file.is_file():
         raise CheckpointError(f"{path}: no {digest_file.name} beside it, so it was never completely written "
                               "(or was copied without its digest)")
-    expected = digest_file.read_text().split()[0] if digest_file.read_text().strip() else ""
+    expected = next(iter(digest_file.read_text().split()), "")
     actual = file_sha256(path)
     if actual != expected:
         raise CheckpointError(f"{path}: content does not match its SHA-256 in {digest_file.name} "

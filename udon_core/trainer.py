@@ -343,8 +343,7 @@ def _stream(root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, name: str, 
                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                             shard=(ctx.rank, ctx.world_size))
     except InvalidValueError as err:
-        raise InvalidValueError(f"domain '{name}': {err} (set train.batch_size, e.g. "
-                                f"--set training.train.batch_size=8)") from err
+        raise InvalidValueError(f"domain '{name}': {err} (lower train.batch_size)") from err
 
 
 def _build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
