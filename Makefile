@@ -10,11 +10,11 @@ STAMP := $(VENV)/.installed
 export UDON_HOME := $(CURDIR)/.udon
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install clean
+.PHONY: run test install dashboard clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --no-cache-dir -c constraints.txt -e .
+	$(BIN)/pip install --no-cache-dir -c constraints.txt -e '.[kubeflow,server]'
 	# animal-mnist declares tensorflow, pandas and scikit-learn it never imports: install it alone.
 	$(BIN)/pip install --no-cache-dir --no-deps -c constraints.txt animal-mnist==0.4
 	touch $(STAMP)
@@ -23,6 +23,9 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/udon run --config zenml.yaml
+
+dashboard: $(STAMP)
+	$(BIN)/udon dashboard
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

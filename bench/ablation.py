@@ -27,12 +27,9 @@ from pathlib import Path
 
 import torch
 
-from udon_core.benchmark import BenchmarkSpec, resolve_benchmark_spec
-from udon_core.evaluation import embed_split
-from udon_core.report import format_comparison
-from udon_core.retrieval import RetrievalReport, evaluate_embeddings
-from udon_core.train import TrainingConfig, apply_overrides, build_model, load_run_file, run_training
-from udon_core.uned import read_manifest
+from udon_core.data import BenchmarkSpec, read_manifest, resolve_benchmark_spec
+from udon_core.evaluation import RetrievalReport, embed_split, evaluate_embeddings, format_comparison
+from udon_core.training import TrainingJobConfig, apply_overrides, build_model, load_run_file, run_training
 
 UNIVERSAL = ("udon", "uscrr", "uscds", "ujcrr", "ujcds", "udon-offline", "unic", "unic-published", "udon+unic")
 # The student's 64 px images at 64 px: a CPU-sized teacher pass (its native 224 would cost 12x more).
@@ -40,7 +37,7 @@ LITE0_TEACHER = {"name": "lite0", "timm_model": "tf_efficientnet_lite0", "weight
                  "img_size": 64}
 
 
-def _with_method(config: TrainingConfig, method: str, **extra) -> TrainingConfig:
+def _with_method(config: TrainingJobConfig, method: str, **extra) -> TrainingJobConfig:
     """The run file's config with ``method``'s preset filling what the method changes (steps stay the run's)."""
     train = config.train.model_dump(exclude_unset=True)
     for key in ("loss", "sampler", "frozen_steps"):  # the preset decides these; keep only the run's rhythm
@@ -54,7 +51,7 @@ def _with_method(config: TrainingConfig, method: str, **extra) -> TrainingConfig
     return config.model_copy(update={"train": type(config.train).model_validate(train)})
 
 
-def _train(config: TrainingConfig, root: Path, manifest, spec: BenchmarkSpec):
+def _train(config: TrainingJobConfig, root: Path, manifest, spec: BenchmarkSpec):
     model = build_model(config, manifest, spec)
     return run_training(model, config, root, manifest, spec, checkpoint_dir=None, progress=False).model
 

@@ -26,8 +26,8 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 
-from udon_core import retrieval
-from udon_core.benchmark import UNED
+from udon_core.data import UNED
+from udon_core.evaluation import retrieval
 
 # domain: (test queries, test index (0: the queries are the index), classes)
 UNED_TEST = {

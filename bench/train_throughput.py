@@ -12,12 +12,10 @@ import time
 
 import torch
 
-from udon_core.backbone import BackboneConfig
-from udon_core.losses import LossConfig
-from udon_core.model import ModelConfig, UdonModel
-from udon_core.task import UdonTask
-from udon_core.transforms import Preprocess
-from udon_core.trainer import TrainConfig, build_optimizer
+from udon_core.data import Preprocess
+from udon_core.methods import LossConfig, UdonTask
+from udon_core.model import BackboneConfig, ModelConfig, UdonModel
+from udon_core.training import TrainConfig, build_optimizer
 
 # UnED's train classes per domain: the classifier sizes are part of the cost of a step.
 UNED_CLASSES = {"food2k": 900, "cars": 78, "sop": 9_054, "inshop": 3_198, "inat": 4_552, "met": 224_408,

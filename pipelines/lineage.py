@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from steps.model_registry import ModelRegistry, RegistryError, VersionInfo
-from steps.tracking import LINEAGE_ARTIFACT
+from integrations.mlflow_tracking import LINEAGE_ARTIFACT
+from integrations.model_registry import ModelRegistry, RegistryError, VersionInfo
 
 Section = tuple[str, list[tuple[str, str]]]
 

@@ -16,18 +16,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from steps import dvc_store
+from integrations import dvc_store
+from integrations.expectations import ValidationConfig, ValidationReport
 from steps.data_ingester import DataConfig
-from steps.expectations import ValidationConfig, ValidationReport
 from steps.model_evaluator import EvalConfig
 from steps.model_registrar import RegistryConfig
 from udon_core import overrides
-from udon_core.overrides import deep_merge
-from udon_core.train import TrainingConfig
 from udon_core.errors import StackError, UdonUserError
+from udon_core.overrides import deep_merge
+from udon_core.training import TrainingJobConfig
 
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {
-    "data": DataConfig, "validation": ValidationConfig, "training": TrainingConfig, "evaluation": EvalConfig,
+    "data": DataConfig, "validation": ValidationConfig, "training": TrainingJobConfig, "evaluation": EvalConfig,
     "registry": RegistryConfig,
 }
 TRACKED_STEPS = ("model_trainer", "model_evaluator", "model_registrar")
@@ -132,7 +132,10 @@ def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
     state = dvc_store.workspace_state(Path(data.repo), data.dvc_file)
     if state == "modified":
         dvc_store.ensure_data(Path(data.repo), data.dvc_file)  # raises the explanatory DataVersionError
-    params["data"] = data.model_copy(update={"pinned_md5": pin.md5})
+    # why the path and the remote: a step pod of a remote orchestrator has no copy of the repository; it pulls
+    # exactly this version from the remote (DatasetVersion.local_root).
+    params["data"] = data.model_copy(update={"pinned_md5": pin.md5, "pinned_path": pin.path,
+                                             "remote": dvc_store.remote_url(Path(data.repo))})
     doc["parameters"] = {k: v.model_dump(mode="json") for k, v in params.items()}
     if state == "missing":
         # why: a cached ingest would skip pulling the data back. ZenML still records this run's cache key,
@@ -171,14 +174,14 @@ def _output(run, step: str, name: str) -> Any:
     return run.steps[step].outputs[name][0].load()
 
 
-def run_training(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
+def run_pipeline(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs."""
     from zenml.exceptions import StackValidationError
 
+    from integrations.mlflow_tracking import mlflow_tracking_uri
     from pipelines.run_records import close_abandoned_runs, recorded_run, udon_home
     from pipelines.stack import ensure_local_stack, experiment_tracker_name
     from pipelines.training import training_pipeline, zenml_model
-    from steps.tracking import mlflow_tracking_uri
 
     doc = resolve_config(config_path, overrides)
     ensure_local_stack()

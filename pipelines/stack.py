@@ -73,8 +73,9 @@ def tracking_uri() -> str | None:
         doc = json.loads(remembered.read_text())
         if doc.get("stack_id") == active:
             return doc.get("tracking_uri")
-    from steps.tracking import mlflow_tracking_uri
     from zenml.client import Client
+
+    from integrations.mlflow_tracking import mlflow_tracking_uri
 
     ensure_local_stack()
     uri = mlflow_tracking_uri()

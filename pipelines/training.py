@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from zenml import Model, pipeline
 
+from integrations.expectations import ValidationConfig
 from steps.data_ingester import DataConfig, data_ingester
 from steps.data_validator import data_validator
-from steps.expectations import ValidationConfig
 from steps.model_evaluator import EvalConfig, model_evaluator
 from steps.model_promoter import model_promoter
 from steps.model_registrar import RegistryConfig, model_registrar
 from steps.model_trainer import model_trainer
-from udon_core.train import TrainingConfig
+from udon_core.training import TrainingJobConfig
 
 MODEL_NAME = "udon-universal-embedding"
 
@@ -27,7 +27,7 @@ def zenml_model(name: str = MODEL_NAME) -> Model:
 def training_pipeline(
     data: DataConfig,
     validation: ValidationConfig,
-    training: TrainingConfig,
+    training: TrainingJobConfig,
     evaluation: EvalConfig,
     registry: RegistryConfig,
 ) -> None:

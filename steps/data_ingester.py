@@ -10,9 +10,16 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from zenml import log_metadata, step
 
-from steps import dvc_store
-from udon_core.benchmark import BenchmarkSpec, resolve_benchmark_spec
-from udon_core.uned import InfoFileProblem, classes_source, num_train_classes, read_manifest
+from integrations import dvc_store
+from integrations.git import git_revision
+from udon_core.data import (
+    BenchmarkSpec,
+    InfoFileProblem,
+    classes_source,
+    num_train_classes,
+    read_manifest,
+    resolve_benchmark_spec,
+)
 
 
 class DataConfig(BaseModel):
@@ -30,6 +37,10 @@ class DataConfig(BaseModel):
     pinned_md5: str | None = Field(
         default=None, description="set by the runner from the .dvc file, so the step cache follows the data version"
     )
+    pinned_path: str | None = Field(default=None, description="set by the runner: the path the .dvc file tracks")
+    remote: str | None = Field(
+        default=None, description="set by the runner: the DVC remote a step pulls the pinned version from where "
+        "the repository is not present (the pod of a remote orchestrator)")
 
 
 class DatasetVersion(BaseModel):
@@ -47,10 +58,19 @@ class DatasetVersion(BaseModel):
     info_file_problems: list[dict[str, Any]] = Field(
         default_factory=list, description="every defect the reader found in the info files; the validate step "
         "reports them with its own findings and stops the run")
+    dvc_path: str | None = Field(default=None, description="the path the .dvc file tracks")
+    dvc_remote: str | None = Field(default=None, description="the DVC remote holding this version, if any")
+
+    def local_root(self) -> Path:
+        """The benchmark folder in this process: ``root`` where it exists (the embedded stack, a shared
+        volume), else this exact version pulled from the DVC remote into the data cache, keyed by its hash."""
+        if Path(self.root).is_dir() or not (self.dvc_remote and self.dvc_path):
+            return Path(self.root)
+        return dvc_store.fetch_pinned(self.dvc_md5, self.dvc_path, self.dvc_remote)
 
 
 def _build_demo(target: Path) -> None:
-    from udon_core.demo import build_demo_benchmark
+    from udon_core.data import build_demo_benchmark
 
     # why print: the expected case on a fresh clone (no DVC cache, no remote); the user should know why the
     # data step takes a while and that the result is checked against the pin.
@@ -59,31 +79,44 @@ def _build_demo(target: Path) -> None:
     build_demo_benchmark(target)
 
 
+def _fetch(config: DataConfig) -> Path:
+    if not (config.pinned_md5 and config.pinned_path and config.remote):
+        raise dvc_store.DataVersionError(
+            f"{Path(config.repo) / config.dvc_file} is not here and the run recorded no DVC remote to pull the "
+            "data from: give the data repository a default remote (dvc remote add -d ...) and push the data")
+    return dvc_store.fetch_pinned(config.pinned_md5, config.pinned_path, config.remote)
+
+
 @step
 def data_ingester(config: DataConfig) -> tuple[Annotated[pd.DataFrame, "manifest"], Annotated[DatasetVersion, "dataset"]]:
     """Pull (or rebuild and verify) the pinned benchmark, read its info files into a manifest."""
     repo = Path(config.repo).resolve()
-    how = dvc_store.ensure_data(repo, config.dvc_file, build=_build_demo if config.rebuild_missing else None)
-    pin = dvc_store.read_pin(repo, config.dvc_file)
-    spec = resolve_benchmark_spec(config.benchmark, pin.target)
+    if (repo / config.dvc_file).is_file():
+        how = dvc_store.ensure_data(repo, config.dvc_file, build=_build_demo if config.rebuild_missing else None)
+        pin = dvc_store.read_pin(repo, config.dvc_file)
+        target, md5, rev = pin.target, pin.md5, git_revision(repo, config.dvc_file)
+        cache = str(dvc_store.cache_dir(repo))
+    else:  # a step pod of a remote orchestrator: no repository here, the runner recorded the pin and the remote
+        target, md5, rev, cache = _fetch(config), str(config.pinned_md5), None, None
+        how = "fetched"
+    spec = resolve_benchmark_spec(config.benchmark, target)
     if config.domains:
         spec = spec.restrict(config.domains)
     problems: list[InfoFileProblem] = []
     # why collect: every info-file defect is reported in one validation report, not one per run.
-    manifest = read_manifest(pin.target, spec, problems)
+    manifest = read_manifest(target, spec, problems)
     trained = {d.name for d in spec.domains if ((manifest["domain"] == d.name) & (manifest["split"] == d.train)).any()}
     classes = num_train_classes(manifest, spec.restrict([d for d in spec.domain_names if d in trained])) \
         if trained else {}
     dataset = DatasetVersion(
-        root=str(pin.target), benchmark=spec, dvc_md5=pin.md5, dvc_file=config.dvc_file,
-        dvc_file_git_rev=dvc_store.git_revision(repo, config.dvc_file),
+        root=str(target), benchmark=spec, dvc_md5=md5, dvc_file=config.dvc_file, dvc_file_git_rev=rev,
         classes=classes, num_images=len(manifest),
         classes_source={d: classes_source(spec, d) for d in classes},
         info_file_problems=[asdict(p) for p in problems],
-        dvc_cache=str(dvc_store.cache_dir(repo)),
+        dvc_cache=cache, dvc_path=config.pinned_path, dvc_remote=config.remote,
     )
     log_metadata(
-        metadata={"dvc_md5": pin.md5, "dvc_file_git_rev": dataset.dvc_file_git_rev or "", "data_source": how,
+        metadata={"dvc_md5": md5, "dvc_file_git_rev": dataset.dvc_file_git_rev or "", "data_source": how,
                   "benchmark": spec.name, "num_images": len(manifest)},
         artifact_name="dataset", infer_artifact=True,
     )

@@ -10,14 +10,18 @@ import pandas as pd
 from zenml import log_metadata, save_artifact, step
 from zenml.types import HTMLString
 
-from steps.data_ingester import DatasetVersion
-from steps.expectations import (
-    ValidationConfig, ValidationReport, image_suite, info_file_report, manifest_suite, report_html, run_suite,
+from integrations.expectations import (
+    ValidationConfig,
+    ValidationReport,
+    image_suite,
+    info_file_report,
+    manifest_suite,
+    report_html,
+    run_suite,
 )
-from udon_core.image_checks import inspect_images
-from udon_core.manifest_checks import annotate_manifest
+from steps.data_ingester import DatasetVersion
+from udon_core.data import IMAGES_DIR, InfoFileProblem, annotate_manifest, inspect_images
 from udon_core.errors import UdonUserError
-from udon_core.uned import IMAGES_DIR, InfoFileProblem
 
 
 class DataValidationError(UdonUserError, RuntimeError):
@@ -30,7 +34,7 @@ def data_validator(
 ) -> tuple[Annotated[ValidationReport, "validation_report"], Annotated[HTMLString, "validation_page"]]:
     """Run the manifest and image suites; keep the report as artifacts; raise before training on a critical
     failure (the message names every failing row and file)."""
-    root = Path(dataset.root)
+    root = dataset.local_root()
     links = [Path(dataset.dvc_cache)] if dataset.dvc_cache else []  # DVC's symlink/hardlink cache types
     frame = annotate_manifest(manifest, dataset.benchmark, root if config.check_files else None, dataset.classes,
                               link_roots=links)

@@ -11,7 +11,7 @@ from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from udon_core.embedding import EmbeddingSet
+from udon_core.evaluation import EmbeddingSet
 from udon_core.model import EmbeddingModel, UdonModel
 
 EMBEDDINGS_FILE = "embeddings.npz"

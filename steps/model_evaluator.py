@@ -13,14 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from zenml import log_metadata, step
 from zenml.types import MarkdownString
 
+from integrations.mlflow_tracking import log_evaluation
 from steps.data_ingester import DatasetVersion
 from steps.materializers import EmbeddingSetMaterializer
-from steps.tracking import log_evaluation
-from udon_core.embedding import EmbeddingSet
-from udon_core.evaluation import embed_split, evaluate_model, evaluate_oracle_teachers
+from udon_core.evaluation import (
+    EmbeddingSet,
+    embed_split,
+    evaluate_embeddings,
+    evaluate_model,
+    evaluate_oracle_teachers,
+    format_markdown,
+    plot_report,
+)
 from udon_core.model import EmbeddingModel, UdonModel
-from udon_core.report import format_markdown, plot_report
-from udon_core.retrieval import evaluate_embeddings
 
 
 class EvalConfig(BaseModel):
@@ -54,7 +59,7 @@ def model_evaluator(
     ``oracle_teacher_metrics`` is empty when ``config.oracle_teacher`` is off or the method trains no teacher
     heads (the baselines, specialists, unic, udon-offline); it covers the domains the model has heads for.
     """
-    root, spec = Path(dataset.root), dataset.benchmark
+    root, spec = dataset.local_root(), dataset.benchmark
     kw = dict(split=config.split, batch_size=config.batch_size, device=config.device)
     embeddings = embed_split(model, root, manifest, spec, source="trained", **kw)
     trained = evaluate_embeddings(embeddings.vectors, manifest, spec, split=config.split, protocol=config.protocol)

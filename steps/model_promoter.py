@@ -8,10 +8,9 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.types import HTMLString, MarkdownString
 
+from integrations.model_registry import ModelRegistry
 from steps.model_registrar import RegistryConfig
-from steps.model_registry import ModelRegistry
-from udon_core.gate import judge
-from udon_core.review import Candidate, promotion_review
+from udon_core.registry import Candidate, judge, promotion_review
 
 GATE_ACTOR = "udon-gate"
 

@@ -9,16 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from zenml import get_step_context, log_metadata, step
 from zenml.client import Client
 
+from integrations.expectations import ValidationReport
+from integrations.mlflow_models import register_embedding_model
+from integrations.mlflow_tracking import log_dataset_input, log_evaluation, log_lineage
+from integrations.model_registry import ZENML_VERSION_TAG
 from steps.data_ingester import DatasetVersion
-from steps.mlflow_registry import register_embedding_model
-from steps.model_registry import ZENML_VERSION_TAG
-from steps.expectations import ValidationReport
-from steps.tracking import log_dataset_input, log_evaluation, log_lineage
-from udon_core.train import TrainingConfig
-from udon_core.gate import GatePolicy
+from udon_core.evaluation import RetrievalReport, format_markdown
 from udon_core.model import EmbeddingModel, UdonModel
-from udon_core.report import format_markdown
-from udon_core.retrieval import RetrievalReport
+from udon_core.registry import GatePolicy
+from udon_core.training import TrainingJobConfig
 
 
 class RegistryConfig(BaseModel):
@@ -27,14 +26,14 @@ class RegistryConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_name: str = "udon-universal-embedding"
-    gate: GatePolicy = Field(default_factory=GatePolicy, description="the promotion policy (udon_core/gate.py)")
+    gate: GatePolicy = Field(default_factory=GatePolicy, description="the promotion policy (udon_core/registry/gate.py)")
     log_training_model: bool = Field(
         default=True, description="also keep every head and classifier with the version (udon_training_model): "
         "what a later udon-offline run distils from models:/NAME/VERSION"
     )
 
 
-def lineage_document(pipeline_run: Any, validation: ValidationReport, training: TrainingConfig) -> dict[str, Any]:
+def lineage_document(pipeline_run: Any, validation: ValidationReport, training: TrainingJobConfig) -> dict[str, Any]:
     """What `udon lineage` shows of the ZenML side, recorded with the version so that reading it needs only
     MLflow (starting ZenML costs most of a CLI call): the run's steps as they stood at registration, the
     validation verdict and the training configuration."""
@@ -53,7 +52,7 @@ def lineage_document(pipeline_run: Any, validation: ValidationReport, training: 
 @step
 def model_registrar(
     model: EmbeddingModel, training_model: UdonModel, metrics: dict[str, Any], train_summary: dict[str, Any],
-    dataset: DatasetVersion, validation: ValidationReport, training: TrainingConfig, config: RegistryConfig,
+    dataset: DatasetVersion, validation: ValidationReport, training: TrainingJobConfig, config: RegistryConfig,
 ) -> Annotated[dict[str, Any], "registration"]:
     """Log the model with its signature, tags, evaluation and lineage to MLflow, register a version, link it
     to the ZenML model version."""

@@ -10,19 +10,25 @@ import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
 from zenml.enums import ArtifactType
 
+from integrations.expectations import ValidationReport
+from integrations.mlflow_tracking import (
+    active_run_id,
+    active_tracker_logger,
+    flatten,
+    log_dataset_input,
+    mlflow_tracking_uri,
+)
+from integrations.teacher_sources import resolve_teacher_sources
 from steps.data_ingester import DatasetVersion
-from steps.expectations import ValidationReport
-from steps.teacher_sources import resolve_teacher_sources
-from steps.tracking import active_run_id, active_tracker_logger, flatten, log_dataset_input, mlflow_tracking_uri
 from steps.materializers import ModelFolderMaterializer
 from udon_core.model import EmbeddingModel, UdonModel
-from udon_core.train import TrainingConfig, build_model, run_training
+from udon_core.training import TrainingJobConfig, build_model, run_training
 
 
 @step(output_materializers={"embedding_model": ModelFolderMaterializer, "untrained_model": ModelFolderMaterializer,
                              "training_model": ModelFolderMaterializer})
 def model_trainer(
-    manifest: pd.DataFrame, dataset: DatasetVersion, validation: ValidationReport, config: TrainingConfig
+    manifest: pd.DataFrame, dataset: DatasetVersion, validation: ValidationReport, config: TrainingJobConfig
 ) -> tuple[
     Annotated[EmbeddingModel, ArtifactConfig(name="embedding_model", artifact_type=ArtifactType.MODEL)],
     Annotated[EmbeddingModel, "untrained_model"],
@@ -38,7 +44,7 @@ def model_trainer(
     with tempfile.TemporaryDirectory() as teachers_dir:  # frozen teachers named by reference, fetched here
         resolved, teachers = resolve_teacher_sources(config, Path(teachers_dir), mlflow_tracking_uri())
         result = run_training(
-            model, resolved, Path(dataset.root), manifest, dataset.benchmark, callback=log,
+            model, resolved, dataset.local_root(), manifest, dataset.benchmark, callback=log,
             checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
         )
     # why: with the train step cached, later runs register in new MLflow runs; this names the training curves' run.

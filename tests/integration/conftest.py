@@ -24,7 +24,7 @@ TINY_DEMO = dict(
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
     """git + DVC repo with a tiny demo benchmark in data/, tracked by data.dvc and pushed to a local remote."""
-    from udon_core.demo import DemoConfig, build_demo_benchmark
+    from udon_core.data import DemoConfig, build_demo_benchmark
 
     repo = tmp_path_factory.mktemp("repo")
     init_repo(repo, remote=repo.parent / "remote")

@@ -53,11 +53,10 @@ def test_our_own_benchmark_runs_end_to_end_and_writes_nothing_to_home(tmp_path):
 
 
 def test_every_defect_is_named_in_one_run_as_one_message(tmp_path):
-    from pipelines.cli import _attach_command_groups, cli
+    from pipelines.cli import cli
 
     repo = _repo(tmp_path, lambda root: write_corrupted_benchmark(root, tmp_path / "outside"))
     config = tiny_run_config(repo, tmp_path / "run.yaml", registry={"model_name": "udon-byob-broken"})
-    _attach_command_groups()
     result = CliRunner().invoke(cli, ["run", "--config", str(config)])
     assert result.exit_code == 2, result.output
     text = result.output

@@ -20,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args):
-    from pipelines.cli import _attach_command_groups, cli
+    from pipelines.cli import cli
 
-    _attach_command_groups()
     return CliRunner().invoke(cli, list(args))
 
 
@@ -46,8 +45,8 @@ def test_a_killed_udon_run_is_closed_by_the_next_command(tiny_repo, tmp_path):
     from mlflow import MlflowClient
     from zenml.client import Client
 
+    from integrations.mlflow_tracking import mlflow_tracking_uri
     from pipelines.stack import ensure_local_stack
-    from steps.tracking import mlflow_tracking_uri
 
     ensure_local_stack()
     mlflow = MlflowClient(tracking_uri=mlflow_tracking_uri())
@@ -101,8 +100,9 @@ def test_a_version_registered_but_never_judged_is_marked_incomplete(tmp_path):
                                     tags={"zenml.pipeline_run": name, "gate.verdict": "pending"})
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    import psutil
     import socket
+
+    import psutil
 
     record = RunRecord("killed-run", dead.pid, psutil.Process().create_time() - 99, socket.gethostname(), "now")
     records_dir(tmp_path).mkdir(parents=True)
@@ -126,10 +126,10 @@ def test_a_live_run_is_never_touched(tmp_path):
 
 _REGISTER = """
 import torch, mlflow
-from steps.mlflow_registry import register_embedding_model
-from steps.model_registry import RegistryError
+from integrations.mlflow_models import register_embedding_model
+from integrations.model_registry import RegistryError
 from tests.unit.tiny_benchmark import TINY_MODEL
-from udon_core.model import EmbeddingModel
+from udon_core.model.udon_model import EmbeddingModel
 
 torch.manual_seed(0)
 with mlflow.start_run():
@@ -146,7 +146,7 @@ def test_an_unreachable_registry_is_one_sentence_and_nothing_is_registered(tmp_p
 
     from mlflow import MlflowClient
 
-    from steps.model_registry import ModelRegistry, RegistryError
+    from integrations.model_registry import ModelRegistry, RegistryError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")

@@ -16,12 +16,12 @@ MODEL = "udon-gate-test"
 
 
 def _run(repo, path, steps=None, **gate):
-    from pipelines.run import run_training
+    from pipelines.run import run_pipeline
 
     sections = {"registry": {"model_name": MODEL, "gate": gate}}
     if steps is not None:
         sections["training"] = {"train": {"steps": steps, "batch_size": 8, "frozen_steps": 0, "log_every": 1}}
-    return run_training(tiny_run_config(repo, path, **sections))
+    return run_pipeline(tiny_run_config(repo, path, **sections))
 
 
 def _standing(registry) -> dict[str, tuple[tuple[str, ...], str, str]]:
@@ -37,9 +37,9 @@ def _standing(registry) -> dict[str, tuple[tuple[str, ...], str, str]]:
 
 @pytest.fixture(scope="module")
 def registry(tiny_repo, tmp_path_factory):
+    from integrations.mlflow_tracking import mlflow_tracking_uri
+    from integrations.model_registry import ModelRegistry
     from pipelines.stack import ensure_local_stack
-    from steps.tracking import mlflow_tracking_uri
-    from steps.model_registry import ModelRegistry
 
     cfg = tmp_path_factory.mktemp("gate")
     first = _run(tiny_repo, cfg / "first.yaml")
@@ -53,9 +53,8 @@ def registry(tiny_repo, tmp_path_factory):
 
 
 def _cli(*args):
-    from pipelines.cli import _attach_command_groups, cli
+    from pipelines.cli import cli
 
-    _attach_command_groups()
     return CliRunner().invoke(cli, list(args))
 
 
@@ -92,7 +91,7 @@ def test_promote_and_rollback_keep_mlflow_and_zenml_in_step(registry):
 
 
 def test_models_and_lineage_show_the_chain(registry, tiny_repo):
-    from steps import dvc_store
+    from integrations import dvc_store
 
     reg, _, _ = registry
     listing = _cli("models", "--model", MODEL)
@@ -155,7 +154,7 @@ def _copy_repo(repo, dest):
 
 _CONTENDER = """
 import json, sys
-from steps.model_registry import ModelRegistry, RegistryError
+from integrations.model_registry import ModelRegistry, RegistryError
 reg = ModelRegistry(sys.argv[1], sys.argv[2])
 done = []
 for round in range(int(sys.argv[4])):

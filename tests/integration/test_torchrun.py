@@ -22,9 +22,8 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
-from udon_core.benchmark import save_benchmark_spec
-from udon_core.checkpoint import checkpoint_files
-from udon_core.train import EXPORT_DIR, main
+from udon_core.data import save_benchmark_spec
+from udon_core.training import EXPORT_DIR, checkpoint_files, main
 
 pytestmark = pytest.mark.slow
 STEPS = 40

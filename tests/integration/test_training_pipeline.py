@@ -14,17 +14,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def first_run(tiny_repo, tmp_path_factory):
-    from pipelines.run import run_training
+    from pipelines.run import run_pipeline
 
     config = tiny_run_config(tiny_repo, tmp_path_factory.mktemp("cfg") / "run.yaml")
-    return config, run_training(config)
+    return config, run_pipeline(config)
 
 
 def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
     from mlflow import MlflowClient
     from zenml.client import Client
 
-    from steps import dvc_store
+    from integrations import dvc_store
 
     _, outcome = first_run
     pin = dvc_store.read_pin(tiny_repo)
@@ -87,7 +87,7 @@ def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
 
     # The evaluator keeps the test embeddings (re-scoring them gives the same numbers) and scores the
     # teacher heads, each on its own domain, from the training-model artifact.
-    from udon_core.retrieval import evaluate_embeddings
+    from udon_core.evaluation import evaluate_embeddings
 
     evaluator = client.get_pipeline_run(outcome.run_name).steps["model_evaluator"]
     embeddings = evaluator.outputs["test_embeddings"][0].load()
@@ -101,28 +101,28 @@ def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
 
 
 def test_second_run_reuses_ingest_and_validation(first_run):
-    from pipelines.run import run_training
+    from pipelines.run import run_pipeline
 
     config, _ = first_run
-    again = run_training(config)
+    again = run_pipeline(config)
     assert {"data_ingester", "data_validator"} <= set(again.cached_steps)
 
 
 def test_deleted_data_is_pulled_back_and_the_next_run_is_cached(first_run, tiny_repo):
-    from pipelines.run import run_training
+    from pipelines.run import run_pipeline
 
     config, _ = first_run
     shutil.rmtree(tiny_repo / "data")
-    restored = run_training(config)
+    restored = run_pipeline(config)
     assert "data_ingester" not in restored.cached_steps and (tiny_repo / "data" / "benchmark.json").is_file()
-    again = run_training(config)
+    again = run_pipeline(config)
     assert {"data_ingester", "data_validator", "model_trainer"} <= set(again.cached_steps)
 
 
 def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
     from zenml.client import Client
 
-    from pipelines.run import PipelineRunError, run_training
+    from pipelines.run import PipelineRunError, run_pipeline
 
     repo = tmp_path / "corrupt"
     shutil.copytree(tiny_repo, repo)
@@ -140,7 +140,7 @@ def test_corrupted_benchmark_stops_before_training(tiny_repo, tmp_path):
     commit_data(repo, "corrupt four rows")
     config = tiny_run_config(repo, tmp_path / "run.yaml")
     with pytest.raises(PipelineRunError, match="animals/train.json row 3") as err:
-        run_training(config)
+        run_pipeline(config)
     message = str(err.value)
     assert "step 'data_validator' failed" in message
     assert f"animals/train.json row 5: {items[5]['path']}" in message
@@ -185,14 +185,14 @@ def test_specialists_are_distilled_by_unic_and_udon_offline_with_lineage_to_both
     from click.testing import CliRunner
     from zenml.client import Client
 
-    from pipelines.cli import _attach_command_groups, cli
-    from pipelines.run import run_training
+    from pipelines.cli import cli
+    from pipelines.run import run_pipeline
 
     def run(name, train, model=None):
         sections = {"train": {"steps": 4, "batch_size": 8, "frozen_steps": 1, "log_every": 1, **train}}
         if model:
             sections["model"] = model
-        return run_training(tiny_run_config(tiny_repo, tmp_path / f"{name}.yaml", training=sections,
+        return run_pipeline(tiny_run_config(tiny_repo, tmp_path / f"{name}.yaml", training=sections,
                                             registry={"model_name": f"udon-{name}"}))
 
     refs = {}
@@ -212,7 +212,6 @@ def test_specialists_are_distilled_by_unic_and_udon_offline_with_lineage_to_both
                     model={"backbone": {"name": "test_vit", "img_size": 32, "pretrained": None},
                            "preprocess": {"image_size": 32}}),
     }
-    _attach_command_groups()
     for method, student in students.items():
         assert student.status.endswith("completed"), method
         reg = student.registration
@@ -238,8 +237,8 @@ def test_mlflow_models_serve_answers_an_image_with_the_udon_embed_vector(first_r
 
     import numpy as np
 
-    from steps.mlflow_registry import load_embedding_model
-    from udon_core.embedding import embed_folder
+    from integrations.mlflow_models import load_registered_model
+    from udon_core.evaluation import embed_folder
 
     _, outcome = first_run
     reg = outcome.registration
@@ -275,7 +274,7 @@ def test_mlflow_models_serve_answers_an_image_with_the_udon_embed_vector(first_r
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    names, expected = embed_folder(load_embedding_model(reg["model_uri"], reg["tracking_uri"]), images, progress=False)
+    names, expected = embed_folder(load_registered_model(reg["model_uri"], reg["tracking_uri"]), images, progress=False)
     assert [Path(p).name for p in paths] == names and served.shape == expected.shape == (3, 64)
     cosine = np.sum(served * expected, axis=1)
     assert cosine.min() > 0.99, cosine  # the client's PIL resize vs torchvision's: same preprocessing, not bits

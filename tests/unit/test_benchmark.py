@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from udon_core.benchmark import DEMO, UNED, BenchmarkSpec, DomainSpec, EvalSet, resolve_benchmark_spec, save_benchmark_spec
+from udon_core.data import DEMO, UNED, BenchmarkSpec, DomainSpec, EvalSet, resolve_benchmark_spec, save_benchmark_spec
 
 
 def test_uned_has_the_eight_domains_in_the_official_head_order():

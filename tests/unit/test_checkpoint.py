@@ -12,17 +12,28 @@ import torch
 from click.testing import CliRunner
 
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
-from udon_core.backbone import BackboneConfig, create_backbone
-from udon_core.benchmark import save_benchmark_spec
-from udon_core.checkpoint import (
-    checkpoint_files, file_sha256, load_checkpoint, load_latest, read_tensors_file, save_checkpoint,
-)
+from udon_core.data import num_train_classes, read_manifest, save_benchmark_spec
+from udon_core.digests import file_sha256
 from udon_core.errors import CheckpointError, UdonUserError
-from udon_core.model import EmbeddingModel, UdonModel, load_embedding_model
-from udon_core.sampler import SamplerConfig
-from udon_core.teachers import TeacherConfig, create_teacher
-from udon_core.trainer import TrainConfig, train
-from udon_core.uned import num_train_classes, read_manifest
+from udon_core.model import (
+    BackboneConfig,
+    EmbeddingModel,
+    TeacherConfig,
+    UdonModel,
+    create_backbone,
+    create_teacher,
+    load_embedding_model,
+)
+from udon_core.training import (
+    SamplerConfig,
+    TrainConfig,
+    checkpoint_files,
+    load_checkpoint,
+    load_latest,
+    read_tensors_file,
+    save_checkpoint,
+    train,
+)
 
 CLASSES = {"shapes": 3, "colors": 3}
 CFG = TrainConfig(steps=6, batch_size=4, frozen_steps=2, log_every=1, checkpoint_every=1, deterministic=True,

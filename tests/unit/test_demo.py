@@ -6,12 +6,19 @@ import sys
 
 import pytest
 
-from udon_core import demo
-from udon_core.benchmark import resolve_benchmark_spec
-from udon_core.demo import DemoConfig, MissingSourceError, build_demo_benchmark, tree_digest
-from udon_core.manifest_checks import count_positives
-from udon_core.transforms import load_rgb
-from udon_core.uned import ImageRecord, info_file_path, read_manifest
+from udon_core.data import (
+    DemoConfig,
+    ImageRecord,
+    MissingSourceError,
+    build_demo_benchmark,
+    count_positives,
+    demo,
+    info_file_path,
+    load_rgb,
+    read_manifest,
+    resolve_benchmark_spec,
+    tree_digest,
+)
 
 SMALL = DemoConfig(emoji_val_classes=3, emoji_test_classes=4, emoji_train_classes=5, glyph_train_fonts=2,
                    glyph_val_fonts=2, glyph_test_fonts=2, animals_train_per_class=3, animals_val_per_class=2,
@@ -100,7 +107,7 @@ def test_the_demo_spec_still_serialises_to_the_pinned_benchmark_json(tmp_path):
     fresh clone's rebuild would no longer match data.dvc. Change the spec and re-pin the data together."""
     import hashlib
 
-    from udon_core.benchmark import DEMO, save_benchmark_spec
+    from udon_core.data import DEMO, save_benchmark_spec
 
     counts = {"emoji": 830, "glyphs": 62, "animals": 10}  # what the pinned build recorded
     built = DEMO.model_copy(update={"domains": tuple(d.model_copy(update={"num_train_classes": counts[d.name]})

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from udon_core.distributed import DistContext, check_ranks_agree, mean_over_ranks, shard_size, weights_fingerprint
+from udon_core.training import DistContext, check_ranks_agree, mean_over_ranks, shard_size, weights_fingerprint
 
 
 def _rank_main(rank: int, store: str, out: str, same: bool) -> None:
@@ -63,12 +63,10 @@ def test_single_process_helpers():
 
 
 def _unic_rank_main(rank: int, store: str, out: str) -> None:
-    from udon_core.distributed import current_context
-    from udon_core.model import ModelConfig, UdonModel
-    from udon_core.backbone import BackboneConfig
-    from udon_core.objectives import build_task
-    from udon_core.trainer import TrainConfig
-    from udon_core.unic import teacher_drop_weights
+    from udon_core.methods import build_task
+    from udon_core.methods.unic import teacher_drop_weights
+    from udon_core.model import BackboneConfig, ModelConfig, UdonModel
+    from udon_core.training import TrainConfig, current_context
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     torch.set_num_threads(1)

@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from steps import dvc_store
-from steps.dvc_store import DataVersionError
+from integrations import dvc_store
+from integrations.dvc_store import DataVersionError
+from integrations.git import git_dirty, git_revision
 from tests.repos import init_repo, track_data
 
 
@@ -87,7 +88,7 @@ def test_bad_dvc_file_is_named(tmp_path):
 
 
 def test_git_revision_and_dirty(repo):
-    assert len(dvc_store.git_revision(repo, "data.dvc")) == 40
-    assert dvc_store.git_dirty(repo) is False
+    assert len(git_revision(repo, "data.dvc")) == 40
+    assert git_dirty(repo) is False
     (repo / "data.dvc").write_text((repo / "data.dvc").read_text() + "\n")
-    assert dvc_store.git_dirty(repo) is True
+    assert git_dirty(repo) is True

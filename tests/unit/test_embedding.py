@@ -8,10 +8,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from udon_core.benchmark import BenchmarkSpec, DomainSpec, EvalSet
-from udon_core.embedding import EmbeddingSet, embed_benchmark, embed_records, eval_files
-from udon_core.transforms import Preprocess
-from udon_core.uned import ImageRecord, info_file_path, read_manifest, write_info_file
+from udon_core.data import (
+    BenchmarkSpec,
+    DomainSpec,
+    EvalSet,
+    ImageRecord,
+    Preprocess,
+    info_file_path,
+    read_manifest,
+    write_info_file,
+)
+from udon_core.evaluation import EmbeddingSet, embed_benchmark, embed_records, eval_files
 
 PREP = Preprocess(image_size=8)
 SPEC = BenchmarkSpec(name="e", domains=(
@@ -122,9 +129,8 @@ def test_embedding_sets_round_trip_and_bad_files_are_named(tiny, tmp_path):
 
 def test_oracle_teachers_score_each_domain_with_its_own_teacher_head(tiny):
     from tests.unit.tiny_benchmark import TINY_MODEL
-    from udon_core.evaluation import evaluate_oracle_teachers
+    from udon_core.evaluation import evaluate_embeddings, evaluate_oracle_teachers
     from udon_core.model import UdonModel
-    from udon_core.retrieval import evaluate_embeddings
 
     manifest = read_manifest(tiny, SPEC)
     torch.manual_seed(0)

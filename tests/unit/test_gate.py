@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from udon_core.gate import DomainFloor, GatePolicy, judge
+from udon_core.registry import DomainFloor, GatePolicy, judge
 
 
 def doc(**domains: tuple[float, float]) -> dict:
@@ -73,7 +73,7 @@ def test_malformed_metrics_are_named():
 
 
 def test_promotion_review_shows_both_models_the_verdict_and_the_provenance():
-    from udon_core.review import Candidate, promotion_review
+    from udon_core.registry import Candidate, promotion_review
 
     def report(**domains):
         per = {d: {"r_at_1": r, "mmp_at_5": m, "n_queries": 10, "n_without_positive": 0}

@@ -8,13 +8,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.unit.tiny_benchmark import TINY_MODEL
-from udon_core.data import ImageListDataset
-from udon_core.embedding import embed_records
+from udon_core.data import ImageListDataset, ImageRecord, Preprocess, inspect_image, load_rgb, open_rgb
 from udon_core.errors import ImageFileError, UdonUserError
-from udon_core.image_checks import inspect_image
+from udon_core.evaluation import embed_records
 from udon_core.model import EmbeddingModel
-from udon_core.transforms import Preprocess, load_rgb, open_rgb
-from udon_core.uned import ImageRecord
 
 
 def _gradient16(path):

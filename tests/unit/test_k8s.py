@@ -7,6 +7,7 @@ the ZenML pod is the one ZenML's own `build_pod_manifest` builds from our settin
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -19,12 +20,21 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from pipelines.cli.k8s import k8s
 from pipelines.cluster import (
-    ClusterConfig, ClusterConfigError, ManifestError, docker_settings, load_cluster_config, render_manifests,
-    step_operator_settings, train_step_settings, validate_manifests, write_manifests,
+    ClusterConfig,
+    ClusterConfigError,
+    ManifestError,
+    docker_settings,
+    load_cluster_config,
+    pod_specs,
+    render_manifests,
+    restricted_violations,
+    step_operator_settings,
+    train_step_settings,
+    validate_manifests,
+    write_manifests,
 )
-from pipelines.k8s_cli import k8s
-from pipelines.pod_security import pod_specs, restricted_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -131,22 +141,22 @@ def test_config_map_carries_the_training_config_and_its_hash_annotates_the_run(s
 
 
 def test_the_rendered_command_is_the_library_entry_point_and_its_config_loads(single, multi, tmp_path):
-    from udon_core import train
+    from udon_core.training import job
 
     config_map = next(m for m in single.values() if m["kind"] == "ConfigMap")
     (tmp_path / "train.yaml").write_text(config_map["data"]["train.yaml"])
-    config, benchmark = train.load_run_file(tmp_path / "train.yaml")  # what the pod reads from the ConfigMap
+    config, benchmark = job.load_run_file(tmp_path / "train.yaml")  # what the pod reads from the ConfigMap
     assert (config.train.steps, config.train.batch_size, benchmark) == (50, 128, "uned")
     for manifests in (single, multi):
         for spec in _pod_specs(_workload(manifests)):
             (container,) = spec["containers"]
             args = container["args"]
             module = args[args.index("-m") + 1]
-            assert module == train.__name__  # python -m udon_core.train exists and is this module
-            parsed = train._parse(args[args.index("-m") + 2:])
+            assert module == "udon_core.train" and importlib.util.find_spec(module) is not None
+            parsed = job.parse_args(args[args.index("-m") + 2:])
             assert (str(parsed.config), parsed.resume) == ("/etc/udon/train.yaml", "auto")
             env = {e["name"] for e in container["env"]}
-            assert {train.DATA_ENV} <= env and (train.CHECKPOINT_ENV in env)
+            assert {job.DATA_ENV, job.CHECKPOINT_ENV} <= env
 
 
 def test_rbac_is_namespaced_and_training_pods_get_no_api_rights(single):
@@ -402,11 +412,14 @@ def test_cli_errors_are_one_sentence(tmp_path):
 
 def test_dockerfile_pins_the_projects_torch_and_runs_as_non_root():
     text = (ROOT / "k8s/Dockerfile").read_text()
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = project["project"]["dependencies"]
+    for package in project["tool"]["setuptools"]["packages"]["find"]["include"]:  # every package is in the image
+        assert f"COPY {package.rstrip('*')}/ {package.rstrip('*')}/" in text
     torch = next(p for p in pins if p.startswith("torch==")).split("==")[1]
     base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE).group(1)
     assert base.startswith(f"pytorch/pytorch:{torch}-cuda") and not base.endswith(":latest")
-    assert 'pip install -c constraints.txt ".[gpu]"' in text
+    assert 'pip install -c constraints.txt ".[gpu,kubeflow]"' in text  # s3fs: the pods read the S3 artifact store
     assert "pip install --no-deps -c constraints.txt animal-mnist==0.4" in text
     assert re.search(r"^USER \$\{UID\}$", text, re.MULTILINE) and "ARG UID=10001" in text
     assert str(ClusterConfig().run_as_user) == "10001"

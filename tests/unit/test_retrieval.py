@@ -8,9 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from udon_core.benchmark import BenchmarkSpec, DomainSpec, EvalSet
-from udon_core.retrieval import (
-    DomainMetrics, LabelSets, RetrievalReport, count_relevant, evaluate_embeddings, knn_search, per_query_scores,
+from udon_core.data import BenchmarkSpec, DomainSpec, EvalSet
+from udon_core.evaluation import (
+    DomainMetrics,
+    LabelSets,
+    RetrievalReport,
+    count_relevant,
+    evaluate_embeddings,
+    knn_search,
+    per_query_scores,
     relevance,
 )
 
@@ -337,7 +343,7 @@ def test_report_json_round_trip():
 
 
 def test_report_tables_and_chart(tmp_path):
-    from udon_core.report import format_comparison, format_markdown, format_table, plot_report
+    from udon_core.evaluation import format_comparison, format_markdown, format_table, plot_report
 
     manifest, emb = _benchmark(seed=1)
     before = evaluate_embeddings(emb, manifest, SPEC, protocol="merged")
@@ -373,7 +379,7 @@ def test_torch_cuda_search_matches_brute_force():
 
 
 def test_the_run_summary_table_fits_100_columns_with_deltas_to_the_first_report():
-    from udon_core.report import format_by_metric
+    from udon_core.evaluation import format_by_metric
 
     def report(v):
         return RetrievalReport("test", "merged", {d: DomainMetrics(v, v, 10) for d in ("emoji", "glyphs", "animals")})

@@ -98,7 +98,7 @@ def test_the_ci_workflow_calls_retrain_with_options_that_exist():
     import shlex
     from pathlib import Path
 
-    from pipelines.registry_cli import EXIT_UNCHANGED, retrain_cmd
+    from pipelines.cli.registry import EXIT_UNCHANGED, retrain_cmd
 
     workflow = yaml.safe_load((Path(__file__).resolve().parents[2] / ".github/workflows/retrain.yml").read_text())
     assert workflow[True]["push"]["paths"] == ["data.dvc"] and workflow[True]["schedule"]  # YAML 1.1: on -> True
@@ -111,9 +111,9 @@ def test_the_ci_workflow_calls_retrain_with_options_that_exist():
 
 
 def test_pod_overrides_leave_what_they_do_not_name_to_the_method_preset():
-    from udon_core.train import RunFileError, TrainingConfig, apply_overrides
+    from udon_core.training import RunFileError, TrainingJobConfig, apply_overrides
 
-    config = TrainingConfig.model_validate({"train": {"steps": 20}})
+    config = TrainingJobConfig.model_validate({"train": {"steps": 20}})
     joint = apply_overrides(config, ["train.method=ujcrr", "model.backbone.img_size=64"]).train
     assert (joint.student_classifier, joint.student_head_group, joint.loss.kl_weight) == ("joint", "backbone", 0.0)
     assert joint.steps == 20  # set by the run file, so the preset's 7 epochs do not replace it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from udon_core.sampler import DomainSampler, SamplerConfig
+from udon_core.training import DomainSampler, SamplerConfig
 
 
 def test_round_robin_until_the_first_update_which_comes_before_official_step_1000():

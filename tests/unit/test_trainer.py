@@ -8,18 +8,25 @@ import pytest
 import torch
 
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
-from udon_core.checkpoint import checkpoint_files, load_checkpoint
-from udon_core.domain_loader import DomainStream
+from udon_core.data import DomainStream, num_train_classes, read_manifest, records_of, train_transform
+from udon_core.methods import UdonTask
 from udon_core.model import UdonModel
-from udon_core.task import UdonTask
-from udon_core.train import TrainingConfig, build_model, run_training
-from udon_core.sampler import SamplerConfig
-from udon_core.distributed import DistContext
-from udon_core.trainer import (
-    TrainConfig, _build_loop, build_optimizer, learning_rates, per_rank_loss, train, train_step,
+from udon_core.training import (
+    DistContext,
+    SamplerConfig,
+    TrainConfig,
+    TrainingJobConfig,
+    build_loop,
+    build_model,
+    build_optimizer,
+    checkpoint_files,
+    learning_rates,
+    load_checkpoint,
+    per_rank_loss,
+    run_training,
+    train,
+    train_step,
 )
-from udon_core.transforms import train_transform
-from udon_core.uned import num_train_classes, read_manifest, records_of
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +79,7 @@ def test_joint_and_specialist_presets():
 
 def test_a_specialist_trains_only_its_domain(bench):
     root, manifest, _ = bench
-    config = TrainingConfig(model=TINY_MODEL, train=TrainConfig(method="specialist", domains=["colors"], steps=2,
+    config = TrainingJobConfig(model=TINY_MODEL, train=TrainConfig(method="specialist", domains=["colors"], steps=2,
                                                                 batch_size=4, device="cpu"))
     model = build_model(config, manifest, SPEC)
     assert model.domains == ["colors"]
@@ -116,14 +123,14 @@ def test_frozen_backbone_stays_put_and_inactive_heads_still_take_adam_steps(benc
     model = _model(classes)
     cfg = CFG.model_copy(update={"frozen_steps": 10, "sampler": SamplerConfig(strategy="round_robin")})
     backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    loop = _build_loop(model, root, manifest, SPEC, cfg, torch.device("cpu"))
+    loop = build_loop(model, root, manifest, SPEC, cfg, torch.device("cpu"))
     train_step(loop, cfg)  # domain 0 ("shapes") only
     assert all(torch.equal(backbone[k], v) for k, v in model.backbone.state_dict().items())
     idle = model.teacher_classifiers["colors"].weight
     # why: optax updates every parameter every step (zero grads for idle heads), so their Adam count moves
     assert loop.optimizer.state[idle]["step"] == 1 and loop.optimizer.state[model.backbone.cls_token]["step"] == 1
     off = cfg.model_copy(update={"zero_grad_inactive_heads": False})
-    loop = _build_loop(_model(classes), root, manifest, SPEC, off, torch.device("cpu"))
+    loop = build_loop(_model(classes), root, manifest, SPEC, off, torch.device("cpu"))
     train_step(loop, off)
     assert loop.task.model.teacher_classifiers["colors"].weight not in loop.optimizer.state
 
@@ -298,7 +305,7 @@ def test_udon_offline_distils_specialists_trained_by_the_pipeline_recipe(bench, 
     root, manifest, classes = bench
     folders = {}
     for domain in SPEC.domain_names:  # one specialist per domain, saved as the training-model folder
-        config = TrainingConfig(model=TINY_MODEL, train=TrainConfig(method="specialist", domains=[domain], steps=2,
+        config = TrainingJobConfig(model=TINY_MODEL, train=TrainConfig(method="specialist", domains=[domain], steps=2,
                                                                     batch_size=4, device="cpu"))
         specialist = run_training(build_model(config, manifest, SPEC), config, root, manifest, SPEC,
                                   checkpoint_dir=None, progress=False)
@@ -374,7 +381,7 @@ def test_a_non_finite_loss_stops_training_naming_the_step_domain_and_term(bench,
     root, manifest, classes = bench
     cfg = CFG.model_copy(update={"steps": 4, "checkpoint_every": 1})
     model = _model(classes)
-    loop = _build_loop(model, root, manifest, SPEC, cfg, torch.device("cpu"))
+    loop = build_loop(model, root, manifest, SPEC, cfg, torch.device("cpu"))
     train_step(loop, cfg)  # a healthy step
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from udon_core.benchmark import DomainSpec, EvalSet, BenchmarkSpec
-from udon_core.uned import (
+from udon_core.data import (
+    BenchmarkSpec,
+    DomainSpec,
+    EvalSet,
     ImageRecord,
     InfoFileError,
     info_file_path,

@@ -8,13 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from udon_core.backbone import BackboneConfig
-from udon_core.losses import LossConfig
-from udon_core.model import ModelConfig, UdonModel
-from udon_core.task import UdonTask
-from udon_core.teachers import TeacherConfig, create_teachers
-from udon_core.transforms import Preprocess
-from udon_core.unic import (
+from udon_core.data import Preprocess
+from udon_core.methods import LossConfig, UdonTask
+from udon_core.methods.unic import (
     BlockCapture,
     CombinedTask,
     ProjectorLadder,
@@ -27,6 +23,7 @@ from udon_core.unic import (
     teacher_image_losses,
     token_loss,
 )
+from udon_core.model import BackboneConfig, ModelConfig, TeacherConfig, UdonModel, create_teachers
 
 # A 32 px test_vit student (6 blocks, width 64, 2x2 patch grid) and two teachers with other statistics.
 STUDENT = ModelConfig(backbone=BackboneConfig(name="test_vit", img_size=32), student_dim=8, teacher_dim=12,
@@ -378,7 +375,7 @@ def test_statistics_are_global_across_processes():
 
 
 def _offline(tmp_path, loss: LossConfig = LossConfig()):
-    from udon_core.offline import OfflineUdonTask
+    from udon_core.methods import OfflineUdonTask
 
     classes = {"a": 3, "b": 4}
     teachers, weights = {}, {}
@@ -393,7 +390,7 @@ def _offline(tmp_path, loss: LossConfig = LossConfig()):
 
 
 def test_offline_task_is_udon_distillation_from_the_frozen_specialist(tmp_path):
-    from udon_core.losses import classification_loss, kl_distillation, relational_distillation
+    from udon_core.methods.losses import classification_loss, kl_distillation, relational_distillation
 
     task, weights = _offline(tmp_path)
     images, _ = _batch()
@@ -425,7 +422,7 @@ def test_offline_task_groups_and_state(tmp_path):
 
 
 def test_offline_task_rejects_incomplete_teachers(tmp_path):
-    from udon_core.offline import OfflineUdonTask
+    from udon_core.methods import OfflineUdonTask
 
     task, weights = _offline(tmp_path)
     teachers = dict(task.teachers.items())
@@ -440,7 +437,7 @@ def test_offline_task_rejects_incomplete_teachers(tmp_path):
 
 
 def test_each_rank_drops_teachers_with_its_own_draws_and_a_checkpoint_resumes_them():
-    from udon_core.unic import teacher_drop_weights
+    from udon_core.methods.unic import teacher_drop_weights
 
     losses = torch.rand(3, 64)
     rank0, rank1 = (torch.Generator().manual_seed(7 + r) for r in (0, 1))  # seed + rank, as UnicTask seeds them
@@ -456,10 +453,8 @@ def test_each_rank_drops_teachers_with_its_own_draws_and_a_checkpoint_resumes_th
 
 
 def test_unic_with_no_retrieval_term_is_distillation_only_and_the_head_is_a_weighted_option():
-    from udon_core.losses import LossConfig
-    from udon_core.objectives import build_task
-    from udon_core.trainer import TrainConfig
-    from udon_core.unic import CombinedTask
+    from udon_core.methods import CombinedTask, LossConfig, build_task
+    from udon_core.training import TrainConfig
 
     model = UdonModel(STUDENT, {"a": 3, "b": 4})
     pure = TrainConfig(method="unic", unic=SMALL, loss={"student_ce_weight": 0})

@@ -7,9 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from steps.expectations import ValidationConfig, image_suite, manifest_suite, report_html, run_suite
-from udon_core.benchmark import BenchmarkSpec, DomainSpec, EvalSet
-from udon_core.manifest_checks import annotate_manifest, count_positives, leaked_labels
+from integrations.expectations import ValidationConfig, image_suite, manifest_suite, report_html, run_suite
+from udon_core.data import BenchmarkSpec, DomainSpec, EvalSet, annotate_manifest, count_positives, leaked_labels
 
 SPEC = BenchmarkSpec(
     name="tiny",
@@ -125,7 +124,7 @@ def _png(path, size=(32, 32), mode="RGB"):
 
 
 def test_image_suite_names_every_bad_file_with_its_reason(tmp_path):
-    from udon_core.image_checks import inspect_images
+    from udon_core.data import inspect_images
 
     images = tmp_path / "images"
     rows = [("cars", "train", i, f"c/{name}", [0]) for i, name in enumerate(
@@ -155,7 +154,7 @@ def test_image_suite_names_every_bad_file_with_its_reason(tmp_path):
 
 
 def test_images_are_sampled_reproducibly_in_manifest_order(tmp_path):
-    from udon_core.image_checks import sample_rows
+    from udon_core.data import sample_rows
 
     m = manifest()
     assert sample_rows(m, None) is m and sample_rows(m, 100) is m
@@ -206,7 +205,7 @@ def test_inferred_class_counts_must_be_dense_and_the_report_says_where_counts_co
 
 
 def test_every_check_has_a_configurable_severity(tmp_path):
-    from steps.expectations import CHECKS
+    from integrations.expectations import CHECKS
 
     rows = [r for r in ROWS if r[3] != "c/c.png"] + [("shop", "test", 2, "s/lonely.png", [99])]
     m = manifest(rows)
@@ -225,8 +224,8 @@ def test_every_check_has_a_configurable_severity(tmp_path):
 
 
 def test_info_file_problems_are_one_outcome_of_the_report():
-    from steps.expectations import info_file_outcome
-    from udon_core.uned import InfoFileProblem
+    from integrations.expectations import info_file_outcome
+    from udon_core.data import InfoFileProblem
 
     problems = [InfoFileProblem("/d/info_files/shop/train.json", 3, "class_id", "'class_id' must be an int"),
                 InfoFileProblem("/d/info_files/shop/val.json", None, None, "not valid JSON (x at line 1)")]
@@ -237,7 +236,7 @@ def test_info_file_problems_are_one_outcome_of_the_report():
 
 
 def test_a_folder_without_a_description_that_is_not_uned_is_explained(tmp_path):
-    from udon_core.benchmark import resolve_benchmark_spec
+    from udon_core.data import resolve_benchmark_spec
     from udon_core.errors import UdonUserError
 
     for domain in ("shop", "art"):
@@ -256,6 +255,6 @@ def test_the_html_report_shows_what_was_expected_and_what_was_observed(tmp_path)
     assert big.observed == "33.33% unexpected"
     page = report_html(report)
     assert "max_value=1" in page and "33.33% unexpected of 3 rows" in page
-    from steps.expectations import ValidationReport
+    from integrations.expectations import ValidationReport
 
     assert ValidationReport.model_validate_json(report.model_dump_json()) == report  # the artifact keeps them

@@ -7,11 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from udon_core.backbone import BackboneConfig
-from udon_core.benchmark import BenchmarkSpec, DomainSpec, EvalSet
-from udon_core.model import ModelConfig
-from udon_core.transforms import Preprocess
-from udon_core.uned import ImageRecord, info_file_path, write_info_file
+from udon_core.data import BenchmarkSpec, DomainSpec, EvalSet, ImageRecord, Preprocess, info_file_path, write_info_file
+from udon_core.model import BackboneConfig, ModelConfig
 
 SPEC = BenchmarkSpec(
     name="tiny",

@@ -1,0 +1,37 @@
+"""`udon dashboard`: the ZenML dashboard over this project's runs (DAGs, step logs, artifacts and their
+visualizations, the model's versions), served from the embedded store on 127.0.0.1."""
+
+from __future__ import annotations
+
+import click
+
+from pipelines.cli.common import USER_ERRORS, fail
+
+DEFAULT_PORT = 8237  # ZenML's own port for a local server
+
+
+@click.command("dashboard")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
+def dashboard_cmd(port: int) -> None:
+    """Serve the ZenML dashboard of this project's runs at http://127.0.0.1:PORT until Ctrl-C."""
+    from zenml.config.global_config import GlobalConfiguration
+
+    from pipelines.run_records import udon_home
+    from pipelines.zen_server import embedded_store_url, start_server
+    from udon_core.errors import StackError
+
+    try:
+        store = GlobalConfiguration().store_configuration.url
+        if not store.startswith("sqlite:"):
+            raise StackError(f"the active ZenML store is a server already ({store}): open its dashboard there")
+        server = start_server(embedded_store_url(GlobalConfiguration().config_directory), udon_home() / "dashboard",
+                              port=port)
+    except USER_ERRORS as err:
+        fail(err)
+    click.echo(f"ZenML dashboard: {server.url}  (runs, DAGs, artifacts of {store}); Ctrl-C stops it")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        click.echo("stopping the dashboard")
+    finally:
+        server.stop()

@@ -1,0 +1,42 @@
+"""Cluster settings, defined once: the ZenML step-operator pod and the torchrun Job / PyTorchJob manifests.
+
+`configs/cluster.yaml` is read into a `ClusterConfig` (config.py); one pod-parts builder (pod.py) turns it
+into Kubernetes objects (resources, volumes, tolerations, security contexts, env), and both consumers take
+their pieces from it:
+
+- zenml_settings.py: what ZenML's Kubernetes step operator puts in the pod of the `model_trainer` step (GPU
+  limits go in `pod_settings.resources`; ZenML 0.98 does not turn `ResourceSettings` into pod resources);
+- manifests.py: a namespace, service accounts, least-privilege RBAC, a PVC for data and checkpoints, the
+  training config as a ConfigMap, and a single-node `batch/v1` Job (``torchrun --standalone``) or a Kubeflow
+  `PyTorchJob` (Master 1 + Workers N-1, ``torchrun`` with the operator's ``PET_*`` rendezvous env);
+- kubeflow.py: the `udon_kubeflow` orchestrator flavor, ZenML's Kubeflow Pipelines orchestrator with the train
+  step's GPUs, memory and scheduling applied to its KFP task (imported only where ZenML's kubeflow integration is);
+- validation.py and pod_security.py check what was rendered; files.py writes and reads it.
+
+So the image, the resources and the mounts of a ZenML run and of a manifest run cannot drift apart.
+
+Restart semantics: every manifest container runs ``torchrun ... -m udon_core.train --config <file> --resume
+auto`` with ``UDON_CHECKPOINT_DIR=<checkpoint_path>/<job name>`` on the shared volume; a restarted pod (Job
+backoff, PyTorchJob ``OnFailure``) resumes from the newest verified checkpoint there. Same job name = same run = resume.
+"""
+
+from __future__ import annotations
+
+from pipelines.cluster.config import ClusterConfig, ClusterConfigError, load_cluster_config, read_yaml_mapping
+from pipelines.cluster.files import read_manifests, write_manifests
+from pipelines.cluster.manifests import render_manifests
+from pipelines.cluster.pod import pod_parts, trainer_args
+from pipelines.cluster.pod_security import pod_specs, restricted_violations
+from pipelines.cluster.validation import ManifestError, default_versions, validate_manifests
+from pipelines.cluster.zenml_settings import (
+    docker_settings, kubeflow_pipeline_settings, kubeflow_train_step_settings, step_operator_settings,
+    train_step_settings,
+)
+
+__all__ = [
+    "ClusterConfig", "ClusterConfigError", "ManifestError", "default_versions", "docker_settings",
+    "kubeflow_pipeline_settings", "kubeflow_train_step_settings",
+    "load_cluster_config", "pod_parts", "pod_specs", "read_manifests", "read_yaml_mapping", "render_manifests",
+    "restricted_violations", "step_operator_settings", "train_step_settings", "trainer_args",
+    "validate_manifests", "write_manifests",
+]

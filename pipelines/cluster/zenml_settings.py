@@ -1,0 +1,82 @@
+"""ZenML settings built from the cluster config: the Kubernetes step operator's pod, the image, and the train
+step's resources and scheduling on Kubeflow Pipelines.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipelines.cluster.config import ClusterConfig, quantity
+from pipelines.cluster.pod import k8s_json, pod_parts
+
+if TYPE_CHECKING:
+    from zenml.config import DockerSettings
+    from zenml.integrations.kubernetes.flavors import KubernetesStepOperatorSettings
+
+
+def step_operator_settings(cfg: ClusterConfig) -> KubernetesStepOperatorSettings:
+    """ZenML's Kubernetes step-operator settings for the ``model_trainer`` step: GPUs, shm, volume, security."""
+    from zenml.integrations.kubernetes.flavors import KubernetesStepOperatorSettings
+    from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
+
+    parts = pod_parts(cfg, cfg.step_gpus, with_config=False)
+    pod = KubernetesPodSettings(
+        node_selectors=parts.node_selector,
+        tolerations=k8s_json(parts.tolerations),
+        resources=k8s_json(parts.resources),
+        volumes=k8s_json(parts.volumes),
+        volume_mounts=k8s_json(parts.volume_mounts),
+        env=k8s_json(parts.env),
+        labels={**cfg.labels, "app.kubernetes.io/component": "zenml-step"},
+        image_pull_secrets=list(cfg.image_pull_secrets),
+        container_security_context=k8s_json(parts.container_security),
+        additional_pod_spec_args={"security_context": k8s_json(parts.pod_security)},
+    )
+    return KubernetesStepOperatorSettings(
+        pod_settings=pod, service_account_name=cfg.service_account, privileged=False,
+        ttl_seconds_after_finished=cfg.ttl_seconds_after_finished,
+    )
+
+
+def docker_settings(cfg: ClusterConfig) -> DockerSettings:
+    """The image of the ZenML step pods: ``cfg.image`` itself (skip_build) or a code image built on it."""
+    from zenml.config import DockerSettings
+
+    return DockerSettings(parent_image=cfg.image, skip_build=cfg.zenml_skip_build)
+
+
+def train_step_settings(cfg: ClusterConfig) -> dict[str, Any]:
+    """``settings=`` for the ``model_trainer`` step on a stack with the Kubernetes step operator."""
+    return {"step_operator": step_operator_settings(cfg), "docker": docker_settings(cfg)}
+
+
+def kubeflow_train_step_settings(cfg: ClusterConfig) -> dict[str, Any]:
+    """``settings=`` for the ``model_trainer`` step on a Kubeflow Pipelines stack (``udon_kubeflow`` flavor):
+    GPUs and CPU limit as ``ResourceSettings`` (what ZenML hands to KFP), memory, CPU request, node selector,
+    tolerations, shm and pull secrets as orchestrator settings (pipelines/cluster/kubeflow.py)."""
+    from zenml.config import ResourceSettings
+
+    from pipelines.cluster.kubeflow import UdonKubeflowSettings
+
+    cpu = quantity(cfg.cpu_limit or cfg.cpu_request)
+    orchestrator = UdonKubeflowSettings(
+        accelerator_type=cfg.gpu_resource, cpu_request=cfg.cpu_request, memory_request=cfg.memory_request,
+        memory_limit=cfg.memory_limit, node_selector=dict(cfg.node_selector),
+        tolerations=[t.model_dump(exclude_none=True) for t in cfg.tolerations], shm_size=cfg.shm_size,
+        image_pull_secrets=list(cfg.image_pull_secrets),
+    )
+    return {"resources": ResourceSettings(gpu_count=cfg.step_gpus, cpu_count=float(cpu)), "orchestrator": orchestrator}
+
+
+def kubeflow_pipeline_settings(cfg: ClusterConfig) -> dict[str, Any]:
+    """Pipeline-level ``settings=`` on Kubeflow Pipelines, where every step runs in a pod: the image.
+
+    With ``zenml_skip_build`` the image is the code (its tag pins it), so nothing is uploaded beside it; else
+    ZenML builds a code image on ``cfg.image`` with the stack's image builder.
+    """
+    from zenml.config import DockerSettings
+
+    if not cfg.zenml_skip_build:
+        return {"docker": docker_settings(cfg)}
+    return {"docker": DockerSettings(parent_image=cfg.image, skip_build=True, allow_download_from_artifact_store=False,
+                                     allow_download_from_code_repository=False, allow_including_files_in_images=False)}

@@ -1,0 +1,43 @@
+"""Benchmarks and images: the benchmark description, UnED info files and manifests, image reading and
+transforms, datasets and per-domain loaders, the checks validation runs, and the bundled demo benchmark.
+"""
+
+from __future__ import annotations
+
+from udon_core.data.benchmark import (
+    DEMO,
+    UNED,
+    BenchmarkSpec,
+    DomainSpec,
+    EvalSet,
+    resolve_benchmark_spec,
+    save_benchmark_spec,
+)
+from udon_core.data.datasets import ImageListDataset
+from udon_core.data.demo import DemoConfig, MissingSourceError, build_demo_benchmark, tree_digest
+from udon_core.data.domain_loader import DomainStream, stream_seed
+from udon_core.data.image_checks import inspect_image, inspect_images, sample_rows
+from udon_core.data.manifest_checks import annotate_manifest, count_positives, leaked_labels
+from udon_core.data.transforms import Preprocess, eval_transform, load_rgb, open_rgb, train_transform
+from udon_core.data.uned import (
+    IMAGES_DIR,
+    ImageRecord,
+    InfoFileError,
+    InfoFileProblem,
+    classes_source,
+    info_file_path,
+    num_train_classes,
+    read_info_file,
+    read_manifest,
+    records_of,
+    write_info_file,
+)
+
+__all__ = [
+    "annotate_manifest", "BenchmarkSpec", "build_demo_benchmark", "classes_source", "count_positives", "DEMO",
+    "DemoConfig", "DomainSpec", "DomainStream", "eval_transform", "EvalSet", "ImageListDataset", "ImageRecord",
+    "IMAGES_DIR", "info_file_path", "InfoFileError", "InfoFileProblem", "inspect_image", "inspect_images",
+    "leaked_labels", "load_rgb", "MissingSourceError", "num_train_classes", "open_rgb", "Preprocess",
+    "read_info_file", "read_manifest", "records_of", "resolve_benchmark_spec", "sample_rows", "save_benchmark_spec",
+    "stream_seed", "train_transform", "tree_digest", "UNED", "write_info_file",
+]

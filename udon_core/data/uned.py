@@ -1,0 +1,190 @@
+"""Reader for the UnED on-disk layout and the manifest built from it.
+
+Layout (research/udon.md section 5.2): ``<root>/info_files/<domain>/<split>.json``, each a JSON list of
+``{"path": str, "class_id": int | list[int]}`` records, paths relative to ``<root>/images/``. A list
+``class_id`` is a multi-label query: it matches any index image sharing one of the labels.
+
+The manifest is one row per record and info file, in file order (evaluation relies on that order):
+``domain, split, row, path, labels``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from udon_core.data.benchmark import BenchmarkSpec
+from udon_core.errors import UdonUserError
+
+INFO_DIR = "info_files"
+IMAGES_DIR = "images"
+MANIFEST_COLUMNS = ("domain", "split", "row", "path", "labels")
+
+
+class InfoFileError(UdonUserError, ValueError):
+    """Info files that do not follow the UnED format; the message names every file, row and field."""
+
+
+@dataclass(frozen=True)
+class InfoFileProblem:
+    """One defect of an info file: the whole file (``row`` None) or one record and field."""
+
+    file: str
+    row: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file} row {self.row}"
+        return f"{where}: {self.message}"
+
+
+MAX_LISTED_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of an info file: its path relative to ``images/`` and its labels (one or more)."""
+
+    path: str
+    labels: tuple[int, ...]
+
+
+def info_file_path(root: Path, domain: str, split: str) -> Path:
+    return Path(root) / INFO_DIR / domain / f"{split}.json"
+
+
+def _label_problem(value: object) -> str | None:
+    # why: bool is an int subclass in Python, and `true` as a class id is a data bug, not class 1.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return None
+    return f"'class_id' must be an int or a non-empty list of ints, got {value!r}"
+
+
+def _record_problems(item: object) -> list[tuple[str | None, str]]:
+    """(field, message) for everything wrong with one decoded record; empty when it is valid."""
+    if not isinstance(item, dict):
+        return [(None, f"expected an object with 'path' and 'class_id', got {item!r}")]
+    out: list[tuple[str | None, str]] = [(k, f"missing field '{k}'") for k in ("path", "class_id") if k not in item]
+    path = item.get("path")
+    if "path" in item and (not isinstance(path, str) or not path):
+        out.append(("path", f"'path' must be a non-empty string, got {path!r}"))
+    elif isinstance(path, str) and (path.startswith("/") or ".." in Path(path).parts):
+        out.append(("path", f"'path' must be relative to images/ and stay inside it, got {path!r}"))
+    if "class_id" in item and (problem := _label_problem(item["class_id"])):
+        out.append(("class_id", problem))
+    return out
+
+
+def check_info_records(items: object, source: str) -> tuple[list[tuple[int, ImageRecord]], list[InfoFileProblem]]:
+    """The valid records of one decoded info file with their row numbers, and every problem of the others."""
+    if not isinstance(items, list):
+        return [], [InfoFileProblem(source, None, None, f"expected a JSON list of records, got {type(items).__name__}")]
+    records, problems = [], []
+    for i, item in enumerate(items):
+        found = _record_problems(item)
+        if found:
+            problems += [InfoFileProblem(source, i, field, message) for field, message in found]
+        else:
+            records.append((i, ImageRecord(path=item["path"], labels=_labels(item["class_id"]))))
+    return records, problems
+
+
+def _labels(value: int | list[int]) -> tuple[int, ...]:
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+def raise_problems(problems: list[InfoFileProblem]) -> None:
+    """One InfoFileError listing every problem (the first MAX_LISTED_PROBLEMS), or nothing when there is none."""
+    if not problems:
+        return
+    lines = [str(p) for p in problems[:MAX_LISTED_PROBLEMS]]
+    more = f"\n... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+    head = f"{len(problems)} problem(s) in info files:\n" if len(problems) > 1 else ""
+    raise InfoFileError(head + "\n".join(lines) + more)
+
+
+def parse_info_records(items: object, source: str) -> list[ImageRecord]:
+    """Validate and convert the decoded JSON of one info file; the error names ``source``, every row and field."""
+    records, problems = check_info_records(items, source)
+    raise_problems(problems)
+    return [r for _, r in records]
+
+
+def check_info_file(path: Path) -> tuple[list[tuple[int, ImageRecord]], list[InfoFileProblem]]:
+    """Read one info file: its valid records (row, record) in file order, and every problem found."""
+    path = Path(path)
+    if not path.is_file():
+        return [], [InfoFileProblem(str(path), None, None, "info file not found")]
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        return [], [InfoFileProblem(str(path), None, None, f"not UTF-8 text ({err.reason} at byte {err.start})")]
+    except json.JSONDecodeError as err:
+        return [], [InfoFileProblem(str(path), None, None, f"not valid JSON ({err.msg} at line {err.lineno})")]
+    return check_info_records(items, str(path))
+
+
+def read_info_file(path: Path) -> list[ImageRecord]:
+    """Read one UnED info file, in file order (InfoFileError listing every problem)."""
+    records, problems = check_info_file(path)
+    raise_problems(problems)
+    return [r for _, r in records]
+
+
+def write_info_file(path: Path, records: list[ImageRecord]) -> None:
+    """Write records in the UnED format: a single label as an int, several as a list."""
+    items = [{"path": r.path, "class_id": r.labels[0] if len(r.labels) == 1 else list(r.labels)} for r in records]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(items, separators=(",", ":")) + "\n")
+
+
+def read_manifest(root: Path, spec: BenchmarkSpec, problems: list[InfoFileProblem] | None = None) -> pd.DataFrame:
+    """One row per record of every info file the benchmark needs, in spec and file order.
+
+    Every info file is read before anything is reported: with ``problems`` given, the problems of all of
+    them are appended to it and the valid records are returned; without it, one InfoFileError lists them.
+    """
+    rows, found = [], []
+    for domain in spec.domains:
+        for split in domain.info_files:
+            records, bad = check_info_file(info_file_path(root, domain.name, split))
+            found += bad
+            rows += [(domain.name, split, i, rec.path, list(rec.labels)) for i, rec in records]
+    if problems is None:
+        raise_problems(found)
+    else:
+        problems += found
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+
+
+def records_of(manifest: pd.DataFrame, domain: str, split: str) -> list[ImageRecord]:
+    """The records of one info file, in file order."""
+    part = manifest[(manifest["domain"] == domain) & (manifest["split"] == split)].sort_values("row")
+    return [ImageRecord(p, tuple(int(x) for x in labels)) for p, labels in zip(part["path"], part["labels"])]
+
+
+def num_train_classes(manifest: pd.DataFrame, spec: BenchmarkSpec) -> dict[str, int]:
+    """Classes per domain: the spec's number where given, else 1 + the largest train label."""
+    out = {}
+    for d in spec.domains:
+        if d.num_train_classes is not None:
+            out[d.name] = d.num_train_classes
+            continue
+        labels = manifest.loc[(manifest["domain"] == d.name) & (manifest["split"] == d.train), "labels"]
+        if labels.empty:
+            raise InfoFileError(f"domain '{d.name}' has no records in its '{d.train}' info file")
+        out[d.name] = 1 + max(max(x) for x in labels)
+    return out
+
+
+def classes_source(spec: BenchmarkSpec, domain: str) -> str:
+    """Where a domain's number of train classes comes from, as the validation report says it."""
+    if spec.domain(domain).num_train_classes is not None:
+        return "num_train_classes in the benchmark description"
+    return "inferred from the data: largest train class id + 1"
