@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import click
 
@@ -17,6 +18,9 @@ from pipelines.cli.data import data
 from pipelines.cli.k8s import k8s
 from pipelines.cli.pipeline import embed_cmd, evaluate_cmd, run_cmd
 from pipelines.cli.registry import REGISTRY_COMMANDS
+
+# why: google-api-core (pulled in by kfp) warns about the Python version on import, inside our one-line errors.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core\..*")
 
 
 @click.group()
