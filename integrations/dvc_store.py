@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -162,6 +163,18 @@ def remote_url(repo: Path) -> str | None:
     with Repo(str(repo)) as dvc_repo:
         name = dvc_repo.config.get("core", {}).get("remote")
         return str(dvc_repo.config["remote"][name]["url"]) if name else None
+
+
+def require_shared_remote(remote: str | None) -> str:
+    """``remote`` if pods elsewhere can pull from it (object storage, SSH, HTTP...), else a DataVersionError
+    that says how to get one: a folder on this machine is not there for them."""
+    if remote and urlsplit(remote).scheme not in ("", "file") and not Path(remote).is_absolute():
+        return remote
+    found = f"'{remote}' is a folder on this machine" if remote else "the data repository has no default remote"
+    raise DataVersionError(
+        f"data.remote: the pods of a cluster run pull the pinned data from the DVC remote, and {found}: push the "
+        "data to object storage (dvc remote add -d store s3://BUCKET/PATH && dvc push) or give "
+        "--set data.remote=s3://BUCKET/PATH")
 
 
 def data_cache_root() -> Path:

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Register the ZenML stack that runs the `model_trainer` step in a GPU pod on Kubernetes.
+# Register the ZenML stack that runs the pipeline on Kubernetes: every step a Kubeflow Pipelines task
+# (ORCHESTRATOR=kubeflow), or only the `model_trainer` step in a GPU pod of the Kubernetes step operator.
 #
-#   orchestrator     local (default: this machine drives the run) or kubernetes (a pod drives it)
-#   step operator    kubernetes, namespace taken from configs/cluster.yaml
+#   orchestrator     local (default: this machine drives the run), kubernetes (a pod drives it), or
+#                    kubeflow (the udon_kubeflow flavor, pipelines/cluster/kubeflow.py: each step a KFP task)
+#   step operator    kubernetes, namespace taken from configs/cluster.yaml (not with kubeflow: no need)
 #   artifact store   s3 (AWS S3, MinIO, Ceph RGW or any S3 API; set S3_ENDPOINT_URL for non-AWS)
 #   container reg.   any registry the cluster can pull from
 #   image builder    none needed with the prebuilt image (configs/cluster.yaml zenml_skip_build: true);
 #                    kaniko builds inside the cluster otherwise (no local Docker engine either way)
 #   tracker/registry MLflow tracking server + its model registry
 #
-# Nothing here is tied to one cloud. Run it from the repository root, logged in to a ZenML server
+# Then: udon run --config configs/uned.yaml --cluster configs/cluster.yaml (the train step's GPUs and pod
+# settings come from the cluster configuration). Nothing here is tied to one cloud. Run it from the repository root, logged in to a ZenML server
 # (`zenml login https://zenml.example.com`): step pods report to the server, a local SQLite store cannot work.
 # Existing components of the same name are kept (delete them to change them); DRY_RUN=1 prints the commands.
 #
@@ -20,7 +23,12 @@
 #   STACK_NAME              name of the stack                                         [udon-k8s]
 #   CLUSTER_CONFIG          the cluster configuration (namespace, image)              [configs/cluster.yaml]
 #   KUBE_CONTEXT            kubeconfig context to submit from; empty: in-cluster       [current context]
-#   ORCHESTRATOR            local | kubernetes                                        [local]
+#   ORCHESTRATOR            local | kubernetes | kubeflow                             [local]
+#   KUBEFLOW_HOSTNAME       KFP API, e.g. https://kubeflow.example.com/pipeline  (required with kubeflow)
+#   KUBEFLOW_USER_NAMESPACE multi-user Kubeflow: the profile namespace runs go to       [unset]
+#   KUBEFLOW_USERNAME       with KUBEFLOW_PASSWORD: Dex login, stored as secret udon_kubeflow [unset: none]
+#   KUBEFLOW_PASSWORD
+#   KUBEFLOW_TIMEOUT        seconds `udon run` waits for a KFP run (training takes hours) [86400]
 #   IMAGE_BUILDER           prebuilt | kaniko                                         [prebuilt]
 #   S3_ENDPOINT_URL         S3 API endpoint for MinIO & co., e.g. http://minio.minio:9000   [unset: AWS]
 #   AWS_ACCESS_KEY_ID       with AWS_SECRET_ACCESS_KEY: stored as ZenML secret udon_s3 [unset: the pods'
@@ -49,7 +57,11 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
 
-case "$ORCHESTRATOR" in local|kubernetes) ;; *) echo "ORCHESTRATOR must be local or kubernetes" >&2; exit 2;; esac
+case "$ORCHESTRATOR" in local|kubernetes|kubeflow) ;; *) echo "ORCHESTRATOR must be local, kubernetes or kubeflow" >&2; exit 2;; esac
+if [[ "$ORCHESTRATOR" == kubeflow ]]; then
+  : "${KUBEFLOW_HOSTNAME:?set KUBEFLOW_HOSTNAME, e.g. https://kubeflow.example.com/pipeline}"
+fi
+KUBEFLOW_TIMEOUT="${KUBEFLOW_TIMEOUT:-86400}"
 case "$IMAGE_BUILDER" in prebuilt|kaniko) ;; *) echo "IMAGE_BUILDER must be prebuilt or kaniko" >&2; exit 2;; esac
 if [[ "$ARTIFACT_STORE_PATH" != s3://* ]]; then echo "ARTIFACT_STORE_PATH must start with s3://" >&2; exit 2; fi
 
@@ -127,9 +139,29 @@ else
   builder=udon-prebuilt
 fi
 
-# --- step operator (and optionally the orchestrator) in the training namespace
-component step-operator udon-k8s-gpu --flavor=kubernetes --kubernetes_namespace="$NAMESPACE" "${kube_args[@]}"
+# --- orchestrator, and the step operator in the training namespace where the orchestrator needs one
 orchestrator=default
+step_operator=(-s udon-k8s-gpu)
+if [[ "$ORCHESTRATOR" == kubeflow ]]; then
+  # why our flavor: ZenML's own kubeflow flavor drops the train step's GPU and memory under KFP 2.x.
+  if [[ "$DRY_RUN" != 1 ]] && "$ZENML" orchestrator flavor describe udon_kubeflow >/dev/null 2>&1; then
+    echo "flavor udon_kubeflow exists, kept"
+  else
+    run "$ZENML" orchestrator flavor register pipelines.cluster.kubeflow.UdonKubeflowOrchestratorFlavor
+  fi
+  kfp_args=(--flavor=udon_kubeflow --kubeflow_hostname="$KUBEFLOW_HOSTNAME" --synchronous=true
+            --timeout="$KUBEFLOW_TIMEOUT")
+  if [[ -n "${KUBEFLOW_USER_NAMESPACE:-}" ]]; then kfp_args+=(--user_namespace="$KUBEFLOW_USER_NAMESPACE"); fi
+  if [[ -n "${KUBEFLOW_USERNAME:-}" && -n "${KUBEFLOW_PASSWORD:-}" ]]; then
+    secret udon_kubeflow username=KUBEFLOW_USERNAME password=KUBEFLOW_PASSWORD
+    kfp_args+=(--client_username='{{udon_kubeflow.username}}' --client_password='{{udon_kubeflow.password}}')
+  fi
+  component orchestrator udon-kfp "${kfp_args[@]}"
+  orchestrator=udon-kfp
+  step_operator=()
+else
+  component step-operator udon-k8s-gpu --flavor=kubernetes --kubernetes_namespace="$NAMESPACE" "${kube_args[@]}"
+fi
 if [[ "$ORCHESTRATOR" == kubernetes ]]; then
   component orchestrator udon-k8s-orchestrator --flavor=kubernetes --kubernetes_namespace="$NAMESPACE" \
     "${kube_args[@]}"
@@ -150,6 +182,6 @@ if [[ "$DRY_RUN" != 1 ]] && "$ZENML" stack describe "$STACK_NAME" >/dev/null 2>&
   echo "stack $STACK_NAME exists, kept"
 else
   run "$ZENML" stack register "$STACK_NAME" -o "$orchestrator" -a udon-s3 -c udon-registry -i "$builder" \
-    -s udon-k8s-gpu -e udon-mlflow-server -r udon-mlflow-server-registry
+    "${step_operator[@]}" -e udon-mlflow-server -r udon-mlflow-server-registry
 fi
-echo "next: zenml stack set $STACK_NAME && udon run --config configs/uned.yaml (see k8s/README.md)"
+echo "next: zenml stack set $STACK_NAME && udon run --config configs/uned.yaml --cluster $CLUSTER_CONFIG (k8s/README.md)"

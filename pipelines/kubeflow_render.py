@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.cluster import ClusterConfig
+from pipelines.cluster import KUBEFLOW_FLAVOR, ClusterConfig
+from pipelines.run import place_on_cluster, resolve_config
 from pipelines.zen_server import running_server
 from udon_core.errors import StackError
 
@@ -34,11 +35,11 @@ def render_kubeflow_pipeline(run_config: Path, cluster: ClusterConfig, out: Path
     """Compile the pipeline as ``udon run --config run_config`` would run it, on Kubeflow Pipelines with the
     cluster's image and train-step resources, into ``out`` (a KFP IR YAML)."""
     out = Path(out).resolve()
+    doc, settings = place_on_cluster(resolve_config(Path(run_config), list(overrides)), cluster, KUBEFLOW_FLAVOR)
     with tempfile.TemporaryDirectory(prefix="udon-kfp-") as tmp:
         state = Path(tmp)
         with running_server(f"sqlite:///{state / 'server' / 'zenml.db'}", state / "server", auth="password") as server:
-            job = {"run_config": str(Path(run_config).resolve()), "overrides": list(overrides),
-                   "cluster": cluster.model_dump(mode="json"), "out": str(out)}
+            job = {"run_config": doc, "settings": settings, "cluster": cluster.model_dump(mode="json"), "out": str(out)}
             (state / "job.json").write_text(json.dumps(job))
             env = {k: v for k, v in os.environ.items() if not k.startswith("ZENML_")}
             env.update(ZENML_CONFIG_PATH=str(state / "client"), ZENML_STORE_URL=server.url,
@@ -63,11 +64,11 @@ def _register_stack(cluster: ClusterConfig, out: Path) -> None:
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
 
-    from pipelines.cluster.kubeflow import FLAVOR, FLAVOR_SOURCE
+    from pipelines.cluster.kubeflow import FLAVOR_SOURCE
 
     client = Client()
     client.create_flavor(source=FLAVOR_SOURCE, component_type=T.ORCHESTRATOR)
-    client.create_stack_component("kfp", FLAVOR, T.ORCHESTRATOR,
+    client.create_stack_component("kfp", KUBEFLOW_FLAVOR, T.ORCHESTRATOR,
                                   {"kubeflow_hostname": KUBEFLOW_HOST, "synchronous": False, "pipeline_file": str(out)})
     client.create_stack_component("s3", "s3", T.ARTIFACT_STORE, {"path": ARTIFACT_STORE})
     client.create_stack_component("registry", "default", T.CONTAINER_REGISTRY, {"uri": _registry(cluster.image)})
@@ -79,31 +80,16 @@ def _register_stack(cluster: ClusterConfig, out: Path) -> None:
 
 def _compile(job: dict) -> None:
     """In the server's client process: register the stack, then run the pipeline (which only compiles)."""
-    from pipelines.cluster import kubeflow_pipeline_settings, kubeflow_train_step_settings
-    from pipelines.run import resolve_config
     from pipelines.training import training_pipeline, zenml_model
 
-    cluster, out = ClusterConfig.model_validate(job["cluster"]), Path(job["out"])
-    doc = resolve_config(Path(job["run_config"]), job["overrides"])
-    doc.setdefault("steps", {}).setdefault("model_trainer", {})["settings"] = kubeflow_train_step_settings(cluster)
+    cluster, out, doc = ClusterConfig.model_validate(job["cluster"]), Path(job["out"]), job["run_config"]
     _register_stack(cluster, out)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        yaml.safe_dump(_plain(doc), fh, sort_keys=False)
+        yaml.safe_dump(doc, fh, sort_keys=False)
     pipeline = training_pipeline.with_options(
-        config_path=fh.name, settings=kubeflow_pipeline_settings(cluster), enable_cache=False,
+        config_path=fh.name, settings=job["settings"], enable_cache=False,
         model=zenml_model(doc["parameters"]["registry"]["model_name"]))
     pipeline()
-
-
-def _plain(obj):
-    """Settings objects as the plain mappings a ZenML run configuration file holds."""
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json", exclude_unset=True)
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from integrations import dvc_store
 from integrations.expectations import ValidationConfig, ValidationReport
+from pipelines.cluster import ClusterConfig, cluster_run_settings
 from steps.data_ingester import DataConfig
 from steps.model_evaluator import EvalConfig
 from steps.model_registrar import RegistryConfig
@@ -134,14 +135,36 @@ def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
         dvc_store.ensure_data(Path(data.repo), data.dvc_file)  # raises the explanatory DataVersionError
     # why the path and the remote: a step pod of a remote orchestrator has no copy of the repository; it pulls
     # exactly this version from the remote (DatasetVersion.local_root).
+    # A remote given in the run configuration wins: the repository's default may be a folder on this machine.
     params["data"] = data.model_copy(update={"pinned_md5": pin.md5, "pinned_path": pin.path,
-                                             "remote": dvc_store.remote_url(Path(data.repo))})
+                                             "remote": data.remote or dvc_store.remote_url(Path(data.repo))})
     doc["parameters"] = {k: v.model_dump(mode="json") for k, v in params.items()}
     if state == "missing":
         # why: a cached ingest would skip pulling the data back. ZenML still records this run's cache key,
         # which is the key of every later run with the data present, so those reuse it.
         doc.setdefault("steps", {}).setdefault("data_ingester", {})["enable_cache"] = False
     return doc
+
+
+def place_on_cluster(doc: dict, cluster: ClusterConfig, orchestrator_flavor: str,
+                     step_operator: str | None = None) -> tuple[dict, dict]:
+    """The resolved run configuration with the train step placed on the cluster for a stack with that
+    orchestrator flavor and step operator, and the pipeline-level settings, both as plain data (a run
+    configuration file holds them). The data must be on a remote the pods can pull from."""
+    dvc_store.require_shared_remote(doc["parameters"]["data"]["remote"])
+    pipeline_settings, trainer = cluster_run_settings(cluster, orchestrator_flavor, step_operator)
+    return deep_merge(doc, {"steps": {"model_trainer": _plain(trainer)}}), _plain(pipeline_settings)
+
+
+def _plain(obj: Any) -> Any:
+    """Settings objects as the plain mappings a ZenML run configuration file holds."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json", exclude_unset=True)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _with_tracker(doc: dict, tracker: str | None) -> dict:
@@ -174,19 +197,25 @@ def _output(run, step: str, name: str) -> Any:
     return run.steps[step].outputs[name][0].load()
 
 
-def run_pipeline(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
-    """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs."""
+def run_pipeline(config_path: Path, overrides: list[str] = (), cluster: ClusterConfig | None = None) -> RunOutcome:
+    """Resolve the configuration, ensure the embedded stack, run the pipeline and load its key outputs.
+
+    With ``cluster`` (configs/cluster.yaml), the active stack's cluster route gets the train step's GPUs,
+    resources and image from it (``place_on_cluster``)."""
     from zenml.exceptions import StackValidationError
 
     from integrations.mlflow_tracking import mlflow_tracking_uri
     from pipelines.run_records import close_abandoned_runs, recorded_run, udon_home
-    from pipelines.stack import ensure_local_stack, experiment_tracker_name
+    from pipelines.stack import cluster_route, ensure_local_stack, experiment_tracker_name
     from pipelines.training import training_pipeline, zenml_model
 
     doc = resolve_config(config_path, overrides)
     ensure_local_stack()
     close_abandoned_runs(udon_home(), mlflow_tracking_uri())
     doc = _with_tracker(doc, experiment_tracker_name())
+    settings: dict = {}
+    if cluster is not None:
+        doc, settings = place_on_cluster(doc, cluster, *cluster_route())
     runs_dir = udon_home() / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=runs_dir, delete=False) as fh:
@@ -195,7 +224,8 @@ def run_pipeline(config_path: Path, overrides: list[str] = ()) -> RunOutcome:
     # Our own run name, known before the run starts: the run record that lets a later command clean up after
     # a killed process refers to it (pipelines/run_records.py).
     run_name = f"training_pipeline-{datetime.now(timezone.utc):%Y_%m_%d-%H_%M_%S_%f}"
-    pipeline = training_pipeline.with_options(config_path=fh.name, model=zenml_model(model_name), run_name=run_name)
+    pipeline = training_pipeline.with_options(config_path=fh.name, model=zenml_model(model_name), run_name=run_name,
+                                              settings=settings)
     try:
         with recorded_run(udon_home(), run_name):
             run = pipeline()

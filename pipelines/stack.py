@@ -114,3 +114,14 @@ def experiment_tracker_name() -> str | None:
 
     tracker = Client().active_stack.experiment_tracker
     return tracker.name if tracker else None
+
+
+def cluster_route() -> tuple[str, str | None]:
+    """The active stack's orchestrator flavor and step operator name: what decides how a run reaches the cluster."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType as T
+
+    components = Client().active_stack_model.components
+    (orchestrator,) = components[T.ORCHESTRATOR]
+    operators = components.get(T.STEP_OPERATOR) or []
+    return orchestrator.flavor_name, operators[0].name if operators else None

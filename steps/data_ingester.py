@@ -39,8 +39,8 @@ class DataConfig(BaseModel):
     )
     pinned_path: str | None = Field(default=None, description="set by the runner: the path the .dvc file tracks")
     remote: str | None = Field(
-        default=None, description="set by the runner: the DVC remote a step pulls the pinned version from where "
-        "the repository is not present (the pod of a remote orchestrator)")
+        default=None, description="the DVC remote a step pulls the pinned version from where the repository is "
+        "not present (the pod of a remote orchestrator); the runner sets the repository's default remote if unset")
 
 
 class DatasetVersion(BaseModel):

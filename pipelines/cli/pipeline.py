@@ -15,12 +15,20 @@ from udon_core.errors import InvalidValueError
               help="run configuration (parameters, step settings, model)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a parameter, e.g. --set training.train.steps=50 (repeatable)")
-def run_cmd(config_path: Path, overrides: tuple[str, ...]) -> None:
+@click.option("--cluster", "cluster_path", type=click.Path(path_type=Path),
+              help="put the train step on the active stack's cluster with this cluster configuration "
+              "(configs/cluster.yaml): a Kubeflow Pipelines task or the Kubernetes step operator's pod")
+def run_cmd(config_path: Path, overrides: tuple[str, ...], cluster_path: Path | None) -> None:
     """Run the training pipeline: ingest -> validate -> train -> evaluate -> register -> promote."""
     from pipelines.run import run_pipeline
 
     try:
-        outcome = run_pipeline(config_path, list(overrides))
+        cluster = None
+        if cluster_path is not None:
+            from pipelines.cluster import load_cluster_config
+
+            cluster = load_cluster_config(cluster_path)
+        outcome = run_pipeline(config_path, list(overrides), cluster)
     except USER_ERRORS as err:
         fail(err)
     print_outcome(outcome)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     pass
 
 
+KUBEFLOW_FLAVOR = "udon_kubeflow"  # the orchestrator flavor of pipelines/cluster/kubeflow.py
 MIN_KUBERNETES = "1.30.0"  # oldest Kubernetes minor still in upstream or common vendor support
 
 

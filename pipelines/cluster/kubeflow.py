@@ -16,6 +16,7 @@ back, from ``configs/cluster.yaml`` through the step's settings (``kubeflow_trai
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,11 +29,12 @@ from zenml.integrations.kubeflow.flavors.kubeflow_orchestrator_flavor import (
 )
 from zenml.integrations.kubeflow.orchestrators.kubeflow_orchestrator import KubeflowOrchestrator
 
+from pipelines.cluster.config import KUBEFLOW_FLAVOR as FLAVOR
+
 if TYPE_CHECKING:
     from kfp import dsl
     from zenml.config import ResourceSettings
 
-FLAVOR = "udon_kubeflow"
 FLAVOR_SOURCE = "pipelines.cluster.kubeflow.UdonKubeflowOrchestratorFlavor"
 
 
@@ -89,9 +91,20 @@ class UdonKubeflowOrchestrator(KubeflowOrchestrator):
     def _upload_and_run_pipeline(self, snapshot: Any, pipeline_file_path: str, run_name: str) -> Any:
         if self.config.pipeline_file is None:
             return super()._upload_and_run_pipeline(snapshot, pipeline_file_path, run_name)
-        Path(self.config.pipeline_file).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(pipeline_file_path, self.config.pipeline_file)
+        out = Path(self.config.pipeline_file)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pipeline_file_path, out)
+        # why: the spec's tasks only name a snapshot on the server; what each pod will run with (parameters,
+        # settings) is in the snapshot, written beside the spec for review.
+        steps = {name: step.config.model_dump(mode="json", exclude_defaults=True)
+                 for name, step in snapshot.step_configurations.items()}
+        steps_file(out).write_text(json.dumps(steps, indent=2, sort_keys=True) + "\n")
         return None
+
+
+def steps_file(pipeline_file: Path) -> Path:
+    """Where ``pipeline_file`` mode writes each step's configuration: beside the spec, ``<stem>.steps.json``."""
+    return pipeline_file.with_name(f"{pipeline_file.stem}.steps.json")
 
 
 def apply_pod_settings(task: dsl.PipelineTask, settings: UdonKubeflowSettings) -> dsl.PipelineTask:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipelines.cluster.config import ClusterConfig, quantity
+from pipelines.cluster.config import KUBEFLOW_FLAVOR, ClusterConfig, quantity
 from pipelines.cluster.pod import k8s_json, pod_parts
+from udon_core.errors import StackError
 
 if TYPE_CHECKING:
     from zenml.config import DockerSettings
@@ -52,20 +53,21 @@ def train_step_settings(cfg: ClusterConfig) -> dict[str, Any]:
 
 def kubeflow_train_step_settings(cfg: ClusterConfig) -> dict[str, Any]:
     """``settings=`` for the ``model_trainer`` step on a Kubeflow Pipelines stack (``udon_kubeflow`` flavor):
-    GPUs and CPU limit as ``ResourceSettings`` (what ZenML hands to KFP), memory, CPU request, node selector,
-    tolerations, shm and pull secrets as orchestrator settings (pipelines/cluster/kubeflow.py)."""
+    GPUs and the CPU limit (if any) as ``ResourceSettings`` (what ZenML hands to KFP), memory, CPU request,
+    node selector, tolerations, shm and pull secrets as orchestrator settings (pipelines/cluster/kubeflow.py)."""
     from zenml.config import ResourceSettings
 
     from pipelines.cluster.kubeflow import UdonKubeflowSettings
 
-    cpu = quantity(cfg.cpu_limit or cfg.cpu_request)
     orchestrator = UdonKubeflowSettings(
         accelerator_type=cfg.gpu_resource, cpu_request=cfg.cpu_request, memory_request=cfg.memory_request,
         memory_limit=cfg.memory_limit, node_selector=dict(cfg.node_selector),
         tolerations=[t.model_dump(exclude_none=True) for t in cfg.tolerations], shm_size=cfg.shm_size,
         image_pull_secrets=list(cfg.image_pull_secrets),
     )
-    return {"resources": ResourceSettings(gpu_count=cfg.step_gpus, cpu_count=float(cpu)), "orchestrator": orchestrator}
+    # why cpu_count only for a limit: ZenML turns it into a CPU limit, and the config's null limit means none
+    cpu_limit = float(quantity(cfg.cpu_limit)) if cfg.cpu_limit else None
+    return {"resources": ResourceSettings(gpu_count=cfg.step_gpus, cpu_count=cpu_limit), "orchestrator": orchestrator}
 
 
 def kubeflow_pipeline_settings(cfg: ClusterConfig) -> dict[str, Any]:
@@ -80,3 +82,20 @@ def kubeflow_pipeline_settings(cfg: ClusterConfig) -> dict[str, Any]:
         return {"docker": docker_settings(cfg)}
     return {"docker": DockerSettings(parent_image=cfg.image, skip_build=True, allow_download_from_artifact_store=False,
                                      allow_download_from_code_repository=False, allow_including_files_in_images=False)}
+
+
+def cluster_run_settings(cfg: ClusterConfig, orchestrator_flavor: str,
+                         step_operator: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(pipeline settings, model_trainer step configuration)`` that put a run on the cluster, for a stack
+    with that orchestrator flavor and step operator: every step a KFP task (``udon_kubeflow``), or the train
+    step in the Kubernetes step operator's pod."""
+    if orchestrator_flavor == KUBEFLOW_FLAVOR:
+        return kubeflow_pipeline_settings(cfg), {"settings": kubeflow_train_step_settings(cfg)}
+    if orchestrator_flavor == "kubeflow":
+        raise StackError("the active stack's orchestrator is ZenML's own 'kubeflow' flavor, which drops the train "
+                         f"step's GPU under KFP 2.x: register the '{KUBEFLOW_FLAVOR}' flavor instead "
+                         "(k8s/register_stack.sh with ORCHESTRATOR=kubeflow)")
+    if step_operator:
+        return {}, {"step_operator": step_operator, "settings": train_step_settings(cfg)}
+    raise StackError(f"the active stack has neither the '{KUBEFLOW_FLAVOR}' orchestrator nor a step operator, so "
+                     "nothing would run on the cluster: activate a stack from k8s/register_stack.sh")

@@ -278,3 +278,32 @@ def test_mlflow_models_serve_answers_an_image_with_the_udon_embed_vector(first_r
     assert [Path(p).name for p in paths] == names and served.shape == expected.shape == (3, 64)
     cosine = np.sum(served * expected, axis=1)
     assert cosine.min() > 0.99, cosine  # the client's PIL resize vs torchvision's: same preprocessing, not bits
+
+
+def test_the_dashboard_serves_the_embedded_store_runs_on_loopback(first_run):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipelines.zen_server import free_port
+
+    _, outcome = first_run
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = proc.stdout.readline()  # printed once the server answers /health
+        assert banner.startswith(f"ZenML dashboard: http://127.0.0.1:{port}"), banner + proc.stdout.read()
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"{base}/api/v1/runs?name={outcome.run_name}", timeout=30) as resp:
+            runs = json.loads(resp.read())["items"]
+        assert [r["name"] for r in runs] == [outcome.run_name]
+        with urllib.request.urlopen(f"{base}/", timeout=10) as resp:  # the dashboard's single-page app
+            assert b"<html" in resp.read().lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopping the dashboard" in rest, rest

@@ -30,3 +30,23 @@ def test_data_status_and_build(tmp_path):
     assert result.exit_code == 0 and "workspace: clean" in result.output
     result = CliRunner().invoke(cli, ["data", "build", "--out", str(tmp_path / "data")])
     assert result.exit_code == 2 and "exists and is not empty" in result.output
+
+
+def test_run_on_a_cluster_checks_the_data_remote_and_the_stack_before_anything_runs(tmp_path):
+    from pathlib import Path
+
+    cluster = Path(__file__).resolve().parents[2] / "configs" / "cluster.yaml"
+    repo = init_repo(tmp_path / "repo", remote=tmp_path / "remote")
+    (repo / "data").mkdir()
+    (repo / "data" / "a.txt").write_text("a")
+    track_data(repo, "data", push=True)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"parameters: {{data: {{repo: '{repo}'}}}}\n")
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--cluster", str(cluster)])
+    assert result.exit_code == 2, result.output
+    assert f"data.remote: the pods of a cluster run pull the pinned data from the DVC remote, and " \
+           f"'{tmp_path / 'remote'}' is a folder on this machine" in result.output
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--cluster", str(cluster),
+                                      "--set", "data.remote=s3://bucket/dvc"])
+    assert result.exit_code == 2, result.output
+    assert "the active stack has neither the 'udon_kubeflow' orchestrator nor a step operator" in result.output

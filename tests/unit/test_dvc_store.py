@@ -92,3 +92,50 @@ def test_git_revision_and_dirty(repo):
     assert git_dirty(repo) is False
     (repo / "data.dvc").write_text((repo / "data.dvc").read_text() + "\n")
     assert git_dirty(repo) is True
+
+
+def test_a_pod_without_the_repository_fetches_the_pinned_version_by_hash(repo, tmp_path):
+    pin, remote = dvc_store.read_pin(repo), dvc_store.remote_url(repo)
+    assert remote == str(tmp_path / "remote")
+    cache = tmp_path / "pod-cache"
+    got = dvc_store.fetch_pinned(pin.md5, pin.path, remote, cache)
+    assert got == cache / pin.md5.removesuffix(".dir") / "data"
+    assert (got / "info" / "a.txt").read_text() == "hello" and (got / "b.txt").read_text() == "b"
+    assert [p.name for p in cache.iterdir()] == [got.parent.name]  # no half-written folder left behind
+    shutil.rmtree(tmp_path / "remote")
+    assert dvc_store.fetch_pinned(pin.md5, pin.path, remote, cache) == got  # found by hash, not pulled again
+
+
+def test_a_version_the_remote_lacks_is_named_and_leaves_nothing(repo, tmp_path):
+    pin, cache = dvc_store.read_pin(repo), tmp_path / "pod-cache"
+    missing = "0" * 32 + ".dir"
+    with pytest.raises(DataVersionError, match=f"cannot pull data version {missing} from the DVC remote"):
+        dvc_store.fetch_pinned(missing, pin.path, dvc_store.remote_url(repo), cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_step_in_another_pod_reads_the_dataset_artifact_from_the_remote(repo, tmp_path, monkeypatch):
+    from steps.data_ingester import DatasetVersion
+
+    pin = dvc_store.read_pin(repo)
+    here = DatasetVersion.model_construct(root=str(repo / "data"), dvc_md5=pin.md5, dvc_path=pin.path,
+                                          dvc_remote=dvc_store.remote_url(repo))
+    assert here.local_root() == repo / "data"  # the ingesting machine's folder, where it exists
+    monkeypatch.setenv("UDON_DATA_CACHE", str(tmp_path / "pod-cache"))
+    elsewhere = here.model_copy(update={"root": str(tmp_path / "ingester-pod" / "data")})
+    got = elsewhere.local_root()
+    assert got == tmp_path / "pod-cache" / pin.md5.removesuffix(".dir") / "data"
+    assert (got / "info" / "a.txt").read_text() == "hello"
+
+
+@pytest.mark.parametrize("remote", ["s3://bucket/dvc", "gs://bucket/dvc", "ssh://host/srv/dvc", "https://h/dvc"])
+def test_a_cluster_run_accepts_storage_its_pods_can_reach(remote):
+    assert dvc_store.require_shared_remote(remote) == remote
+
+
+@pytest.mark.parametrize("remote, found", [("/srv/dvc-store", "'/srv/dvc-store' is a folder on this machine"),
+                                           ("file:///srv/dvc", "is a folder on this machine"),
+                                           (None, "the data repository has no default remote")])
+def test_a_cluster_run_refuses_a_remote_only_this_machine_has(remote, found):
+    with pytest.raises(DataVersionError, match=f"data.remote: .*{found}.*--set data.remote=s3://BUCKET/PATH"):
+        dvc_store.require_shared_remote(remote)

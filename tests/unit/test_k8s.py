@@ -22,9 +22,11 @@ from click.testing import CliRunner
 
 from pipelines.cli.k8s import k8s
 from pipelines.cluster import (
+    KUBEFLOW_FLAVOR,
     ClusterConfig,
     ClusterConfigError,
     ManifestError,
+    cluster_run_settings,
     docker_settings,
     load_cluster_config,
     pod_specs,
@@ -35,6 +37,7 @@ from pipelines.cluster import (
     validate_manifests,
     write_manifests,
 )
+from udon_core.errors import StackError
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -442,6 +445,49 @@ def test_register_stack_script_documents_and_checks_its_variables():
     header = script.read_text().split("set -euo pipefail")[0]
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)[:}\-]", script.read_text())) - {"UID"}
     assert all(re.search(rf"^#\s+{name}\b", header, re.MULTILINE) for name in used), used
+
+
+def test_register_stack_script_builds_a_kubeflow_stack_without_a_step_operator():
+    script = ROOT / "k8s/register_stack.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "KUBE_CONTEXT": "", "ORCHESTRATOR": "kubeflow",
+           "ARTIFACT_STORE_PATH": "s3://bucket/zenml", "CONTAINER_REGISTRY_URI": "registry.example.com/udon",
+           "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    env.pop("KUBEFLOW_HOSTNAME", None)
+    missing = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "KUBEFLOW_HOSTNAME" in missing.stderr
+    env.update(KUBEFLOW_HOSTNAME="https://kubeflow.example.com/pipeline", KUBEFLOW_USER_NAMESPACE="team-a")
+    done = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "zenml orchestrator flavor register pipelines.cluster.kubeflow.UdonKubeflowOrchestratorFlavor" in done.stdout
+    assert (f"zenml orchestrator register udon-kfp --flavor={KUBEFLOW_FLAVOR} "
+            "--kubeflow_hostname=https://kubeflow.example.com/pipeline --synchronous=true --timeout=86400 "
+            "--user_namespace=team-a") in done.stdout
+    (stack,) = [line for line in done.stdout.splitlines() if "stack register" in line]
+    assert "-o udon-kfp" in stack and " -s " not in stack
+    assert "step-operator" not in done.stdout
+
+
+def test_the_active_stack_decides_how_the_train_step_reaches_the_cluster():
+    from zenml.config import ResourceSettings
+
+    from pipelines.cluster.kubeflow import UdonKubeflowSettings
+
+    pipeline, trainer = cluster_run_settings(CFG, KUBEFLOW_FLAVOR, None)
+    assert pipeline["docker"].parent_image == CFG.image and pipeline["docker"].skip_build
+    resources, pod = trainer["settings"]["resources"], trainer["settings"]["orchestrator"]
+    assert isinstance(resources, ResourceSettings) and resources.gpu_count == CFG.step_gpus
+    assert resources.cpu_count is None  # cpu_limit: null -> no CPU limit
+    assert isinstance(pod, UdonKubeflowSettings) and pod.node_selector == CFG.node_selector
+    assert (pod.cpu_request, pod.memory_request, pod.shm_size) == (CFG.cpu_request, CFG.memory_request, CFG.shm_size)
+    assert cluster_run_settings(CFG.model_copy(update={"cpu_limit": "12"}), KUBEFLOW_FLAVOR, None)[1][
+        "settings"]["resources"].cpu_count == 12.0
+    pipeline, trainer = cluster_run_settings(CFG, "local", "udon-k8s-gpu")
+    assert pipeline == {} and trainer["step_operator"] == "udon-k8s-gpu"
+    assert set(trainer["settings"]) == {"step_operator", "docker"}
+    with pytest.raises(StackError, match="ZenML's own 'kubeflow' flavor, which drops the train step's GPU"):
+        cluster_run_settings(CFG, "kubeflow", None)
+    with pytest.raises(StackError, match="neither the 'udon_kubeflow' orchestrator nor a step operator"):
+        cluster_run_settings(CFG, "local", None)
 
 
 def test_manifests_in_the_readme_are_valid_and_match_the_configuration():
