@@ -35,7 +35,7 @@ class ZenServer:
     process: subprocess.Popen
     log: Path
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (uvicorn shuts down on SIGTERM), then kill if it does not."""
         if self.process.poll() is not None:
             return

@@ -3,6 +3,9 @@ visualizations, the model's versions), served from the embedded store on 127.0.0
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import click
 
 from pipelines.cli.common import USER_ERRORS, fail
@@ -28,10 +31,15 @@ def dashboard_cmd(port: int) -> None:
                               port=port)
     except USER_ERRORS as err:
         fail(err)
+    # why our own handlers: Ctrl-C or a SIGTERM (a service manager) must stop the server whichever handler an
+    # imported library installed, and not only while this process happens to be in a wait it can interrupt.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     click.echo(f"ZenML dashboard: {server.url}  (runs, DAGs, artifacts of {store}); Ctrl-C stops it")
     try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        click.echo("stopping the dashboard")
+        while not stop.wait(0.5) and server.process.poll() is None:
+            pass
     finally:
+        click.echo("stopping the dashboard" if stop.is_set() else f"the server stopped; its log: {server.log}")
         server.stop()

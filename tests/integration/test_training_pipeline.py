@@ -282,6 +282,7 @@ def test_mlflow_models_serve_answers_an_image_with_the_udon_embed_vector(first_r
 
 def test_the_dashboard_serves_the_embedded_store_runs_on_loopback(first_run):
     import signal
+    import socket
     import subprocess
     import sys
     import urllib.request
@@ -305,5 +306,12 @@ def test_the_dashboard_serves_the_embedded_store_runs_on_loopback(first_run):
             assert b"<html" in resp.read().lower()
     finally:
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest = proc.communicate()[0]
+            pytest.fail(f"udon dashboard did not stop within 60 s of SIGINT:\n{rest}")
     assert proc.returncode == 0 and "stopping the dashboard" in rest, rest
+    with socket.socket() as probe:  # the server went with it: nothing listens on the port any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
