@@ -114,3 +114,20 @@ def test_the_demo_spec_still_serialises_to_the_pinned_benchmark_json(tmp_path):
                                                      for d in DEMO.domains)})
     digest = hashlib.md5(save_benchmark_spec(built, tmp_path).read_bytes()).hexdigest()
     assert digest == "f8a6b898a0e66bd220739814cb23b6a3", "the demo spec changed: rebuild the demo data and re-pin data.dvc"
+
+
+@pytest.mark.slow
+def test_the_full_demo_rebuilds_to_the_version_data_dvc_pins(tmp_path):
+    """What `make run` does on a fresh clone: a rebuild that misses the pin by one byte stops the run."""
+    import shutil
+    from pathlib import Path
+
+    from integrations import dvc_store
+    from tests.repos import sh
+    from udon_core.data import build_demo_benchmark
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copy(root / "data.dvc", tmp_path / "data.dvc")
+    sh(tmp_path, "dvc", "init", "-q", "--no-scm")
+    build_demo_benchmark(tmp_path / "data", progress=False)
+    assert dvc_store.workspace_hash(tmp_path) == dvc_store.read_pin(root).md5

@@ -352,6 +352,8 @@ def _check_positives(domain: str, files: dict[str, list[ImageRecord]]) -> None:
 
 
 def _licenses_text(fonts: dict[str, list[Font]]) -> str:
+    # why the template is never edited: its text is part of the benchmark whose hash data.dvc pins (it still
+    # names the module it was first written in); any change is a new data version and needs a new pin.
     template = (resources.files("udon_core.data") / "licenses" / "DEMO_LICENSES.md").read_text()
     lines = [f"- `{f.name}` ({split}): {f.license}" for split in ("train", "val", "test") for f in fonts[split]]
     return template.replace("{{FONTS}}", "\n".join(lines))
