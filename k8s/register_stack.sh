@@ -12,8 +12,9 @@
 #   tracker/registry MLflow tracking server + its model registry
 #
 # Then: udon run --config configs/uned.yaml --cluster configs/cluster.yaml (the train step's GPUs and pod
-# settings come from the cluster configuration). Nothing here is tied to one cloud. Run it from the repository root, logged in to a ZenML server
-# (`zenml login https://zenml.example.com`): step pods report to the server, a local SQLite store cannot work.
+# settings come from the cluster configuration). Nothing here is tied to one cloud. Run it from the repository
+# root, logged in to a ZenML server (`zenml login https://zenml.example.com`): step pods report to the server,
+# a local SQLite store cannot work.
 # Existing components of the same name are kept (delete them to change them); DRY_RUN=1 prints the commands.
 #
 # Variables (required ones have no default):

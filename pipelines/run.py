@@ -134,8 +134,8 @@ def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
     if state == "modified":
         dvc_store.ensure_data(Path(data.repo), data.dvc_file)  # raises the explanatory DataVersionError
     # why the path and the remote: a step pod of a remote orchestrator has no copy of the repository; it pulls
-    # exactly this version from the remote (DatasetVersion.local_root).
-    # A remote given in the run configuration wins: the repository's default may be a folder on this machine.
+    # exactly this version from the remote (DatasetVersion.local_root). A remote given in the run configuration
+    # wins over the repository's default, which may be a folder on this machine.
     params["data"] = data.model_copy(update={"pinned_md5": pin.md5, "pinned_path": pin.path,
                                              "remote": data.remote or dvc_store.remote_url(Path(data.repo))})
     doc["parameters"] = {k: v.model_dump(mode="json") for k, v in params.items()}

@@ -54,12 +54,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def embedded_store_url(zenml_config: Path) -> str:
-    """The SQLite URL of the embedded store that ``udon run`` writes to (ZenML's default local store)."""
-    db = Path(zenml_config) / "local_stores" / "default_zen_store" / "zenml.db"
+def embedded_store_url(store_url: str) -> str:
+    """``store_url`` if it is an embedded (SQLite) store that exists: what a local dashboard can serve."""
+    if not store_url.startswith("sqlite:///"):
+        raise StackError(f"the active ZenML store is a server already ({store_url}): open its dashboard there")
+    db = Path(store_url.removeprefix("sqlite:///"))
     if not db.is_file():
         raise StackError(f"{db}: no ZenML store yet; run `make run` (or `udon run`) first")
-    return f"sqlite:///{db}"
+    return store_url
 
 
 def server_env(store_url: str, state: Path, auth: Auth) -> dict[str, str]:

@@ -21,14 +21,10 @@ def dashboard_cmd(port: int) -> None:
 
     from pipelines.run_records import udon_home
     from pipelines.zen_server import embedded_store_url, start_server
-    from udon_core.errors import StackError
 
     try:
-        store = GlobalConfiguration().store_configuration.url
-        if not store.startswith("sqlite:"):
-            raise StackError(f"the active ZenML store is a server already ({store}): open its dashboard there")
-        server = start_server(embedded_store_url(GlobalConfiguration().config_directory), udon_home() / "dashboard",
-                              port=port)
+        store = embedded_store_url(GlobalConfiguration().store_configuration.url)
+        server = start_server(store, udon_home() / "dashboard", port=port)
     except USER_ERRORS as err:
         fail(err)
     # why our own handlers: Ctrl-C or a SIGTERM (a service manager) must stop the server whichever handler an

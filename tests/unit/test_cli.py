@@ -50,3 +50,17 @@ def test_run_on_a_cluster_checks_the_data_remote_and_the_stack_before_anything_r
                                       "--set", "data.remote=s3://bucket/dvc"])
     assert result.exit_code == 2, result.output
     assert "the active stack has neither the 'udon_kubeflow' orchestrator nor a step operator" in result.output
+
+
+def test_the_dashboard_serves_only_an_embedded_store_that_exists(tmp_path):
+    import pytest
+
+    from pipelines.zen_server import embedded_store_url
+    from udon_core.errors import StackError
+
+    with pytest.raises(StackError, match=r"a server already \(https://zenml.example.com\)"):
+        embedded_store_url("https://zenml.example.com")
+    with pytest.raises(StackError, match="no ZenML store yet; run `make run`"):
+        embedded_store_url(f"sqlite:///{tmp_path / 'zenml.db'}")
+    (tmp_path / "zenml.db").write_bytes(b"")
+    assert embedded_store_url(f"sqlite:///{tmp_path / 'zenml.db'}") == f"sqlite:///{tmp_path / 'zenml.db'}"
