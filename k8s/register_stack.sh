@@ -4,7 +4,9 @@
 #
 #   orchestrator     local (default: this machine drives the run), kubernetes (a pod drives it), or
 #                    kubeflow (the udon_kubeflow flavor, pipelines/cluster/kubeflow.py: each step a KFP task)
-#   step operator    kubernetes, namespace taken from configs/cluster.yaml (not with kubeflow: no need)
+#   step operator    kubernetes (one GPU pod), or trainjob (the udon_trainjob flavor, pipelines/cluster/
+#                    trainjob_operator.py: model_trainer as a multi-node Kubeflow Trainer v2 TrainJob); namespace
+#                    and runtime taken from configs/cluster.yaml (none with kubeflow: no need)
 #   artifact store   s3 (AWS S3, MinIO, Ceph RGW or any S3 API; set S3_ENDPOINT_URL for non-AWS)
 #   container reg.   any registry the cluster can pull from
 #   image builder    none needed with the prebuilt image (configs/cluster.yaml zenml_skip_build: true);
@@ -25,6 +27,7 @@
 #   CLUSTER_CONFIG          the cluster configuration (namespace, image)              [configs/cluster.yaml]
 #   KUBE_CONTEXT            kubeconfig context to submit from; empty: in-cluster       [current context]
 #   ORCHESTRATOR            local | kubernetes | kubeflow                             [local]
+#   STEP_OPERATOR           kubernetes | trainjob (not with ORCHESTRATOR=kubeflow)    [kubernetes]
 #   KUBEFLOW_HOSTNAME       KFP API, e.g. https://kubeflow.example.com/pipeline  (required with kubeflow)
 #   KUBEFLOW_USER_NAMESPACE multi-user Kubeflow: the profile namespace runs go to       [unset]
 #   KUBEFLOW_USERNAME       with KUBEFLOW_PASSWORD: Dex login, stored as secret udon_kubeflow [unset: none]
@@ -49,6 +52,7 @@ STACK_NAME="${STACK_NAME:-udon-k8s}"
 CLUSTER_CONFIG="${CLUSTER_CONFIG:-configs/cluster.yaml}"
 KUBE_CONTEXT="${KUBE_CONTEXT-$(kubectl config current-context 2>/dev/null || true)}"
 ORCHESTRATOR="${ORCHESTRATOR:-local}"
+STEP_OPERATOR="${STEP_OPERATOR:-kubernetes}"
 IMAGE_BUILDER="${IMAGE_BUILDER:-prebuilt}"
 S3_ENDPOINT_URL="${S3_ENDPOINT_URL:-}"
 REQUIRE_SERVER="${REQUIRE_SERVER:-1}"
@@ -59,6 +63,11 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 
 case "$ORCHESTRATOR" in local|kubernetes|kubeflow) ;; *) echo "ORCHESTRATOR must be local, kubernetes or kubeflow" >&2; exit 2;; esac
+case "$STEP_OPERATOR" in kubernetes|trainjob) ;; *) echo "STEP_OPERATOR must be kubernetes or trainjob" >&2; exit 2;; esac
+if [[ "$ORCHESTRATOR" == kubeflow && "$STEP_OPERATOR" == trainjob ]]; then
+  echo "STEP_OPERATOR=trainjob needs ORCHESTRATOR local or kubernetes (a Kubeflow Pipelines stack runs no step operator)" >&2
+  exit 2
+fi
 if [[ "$ORCHESTRATOR" == kubeflow ]]; then
   : "${KUBEFLOW_HOSTNAME:?set KUBEFLOW_HOSTNAME, e.g. https://kubeflow.example.com/pipeline}"
 fi
@@ -67,8 +76,8 @@ case "$IMAGE_BUILDER" in prebuilt|kaniko) ;; *) echo "IMAGE_BUILDER must be preb
 if [[ "$ARTIFACT_STORE_PATH" != s3://* ]]; then echo "ARTIFACT_STORE_PATH must start with s3://" >&2; exit 2; fi
 
 # The namespace comes from the one cluster configuration, so the step operator and the manifests agree.
-cluster="$("$PYTHON" -c 'import sys; from pipelines.cluster import load_cluster_config as load; c = load(sys.argv[1]); print(c.namespace, str(c.zenml_skip_build).lower())' "$CLUSTER_CONFIG")"
-read -r NAMESPACE SKIP_BUILD <<< "$cluster"
+cluster="$("$PYTHON" -c 'import sys; from pipelines.cluster import load_cluster_config as load; c = load(sys.argv[1]); print(c.namespace, str(c.zenml_skip_build).lower(), c.trainjob_runtime, c.trainjob_runtime_kind)' "$CLUSTER_CONFIG")"
+read -r NAMESPACE SKIP_BUILD TRAINJOB_RUNTIME TRAINJOB_RUNTIME_KIND <<< "$cluster"
 if [[ "$IMAGE_BUILDER" == prebuilt && "$SKIP_BUILD" != true ]]; then
   echo "IMAGE_BUILDER=prebuilt needs zenml_skip_build: true in $CLUSTER_CONFIG (or use IMAGE_BUILDER=kaniko)" >&2
   exit 2
@@ -142,7 +151,7 @@ fi
 
 # --- orchestrator, and the step operator in the training namespace where the orchestrator needs one
 orchestrator=default
-step_operator=(-s udon-k8s-gpu)
+if [[ "$STEP_OPERATOR" == trainjob ]]; then step_operator=(-s udon-trainjob); else step_operator=(-s udon-k8s-gpu); fi
 if [[ "$ORCHESTRATOR" == kubeflow ]]; then
   # why our flavor: ZenML's own kubeflow flavor drops the train step's GPU and memory under KFP 2.x.
   if [[ "$DRY_RUN" != 1 ]] && "$ZENML" orchestrator flavor describe udon_kubeflow >/dev/null 2>&1; then
@@ -160,6 +169,15 @@ if [[ "$ORCHESTRATOR" == kubeflow ]]; then
   component orchestrator udon-kfp "${kfp_args[@]}"
   orchestrator=udon-kfp
   step_operator=()
+elif [[ "$STEP_OPERATOR" == trainjob ]]; then
+  # why our flavor: ZenML 0.98 has no TrainJob step operator; its settings carry upstream's names (k8s/README.md).
+  if [[ "$DRY_RUN" != 1 ]] && "$ZENML" step-operator flavor describe udon_trainjob >/dev/null 2>&1; then
+    echo "flavor udon_trainjob exists, kept"
+  else
+    run "$ZENML" step-operator flavor register pipelines.cluster.trainjob_operator.TrainJobStepOperatorFlavor
+  fi
+  component step-operator udon-trainjob --flavor=udon_trainjob --kubernetes_namespace="$NAMESPACE" \
+    --runtime_ref_name="$TRAINJOB_RUNTIME" --runtime_ref_kind="$TRAINJOB_RUNTIME_KIND" "${kube_args[@]}"
 else
   component step-operator udon-k8s-gpu --flavor=kubernetes --kubernetes_namespace="$NAMESPACE" "${kube_args[@]}"
 fi

@@ -1,13 +1,23 @@
 """``python -m udon_core.train``: the command the training pods and ``torchrun`` run (k8s/README.md).
 
-The work is in ``udon_core.training.job``; this module name is the stable command line of the manifests.
+The work is in ``udon_core.training.job``; this module name is the stable command line of the manifests. On a
+Kubeflow Trainer node started without torchrun (one process per node), the runtime's ``PET_*`` variables are
+turned into torchrun's (RANK, WORLD_SIZE, ...) first, so that the logs and the process group agree on the rank.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+from udon_core.errors import UdonUserError
+from udon_core.training.distributed import torch_env
 from udon_core.training.job import main
 
 if __name__ == "__main__":
+    try:
+        os.environ.update(torch_env(os.environ))
+    except UdonUserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 from pipelines.cluster.config import (
     KUBEFLOW_FLAVOR,
+    TRAINJOB_FLAVOR,
     ClusterConfig,
     ClusterConfigError,
     load_cluster_config,
     read_yaml_mapping,
 )
-from pipelines.cluster.files import read_manifests, write_manifests
+from pipelines.cluster.files import expand_lists, read_manifests, write_manifest_file, write_manifests
 from pipelines.cluster.manifests import render_manifests
 from pipelines.cluster.pod import pod_parts, trainer_args
-from pipelines.cluster.pod_security import pod_specs, restricted_violations
-from pipelines.cluster.validation import ManifestError, default_versions, validate_manifests
+from pipelines.cluster.pod_security import PodTemplate, pod_templates, violations
+from pipelines.cluster.validation import ManifestError, ValidationSummary, default_versions, validate_manifests
 from pipelines.cluster.zenml_settings import (
     cluster_run_settings,
     docker_settings,
@@ -41,13 +42,15 @@ from pipelines.cluster.zenml_settings import (
     kubeflow_train_step_settings,
     step_operator_settings,
     train_step_settings,
+    trainjob_step_settings,
 )
 
 __all__ = [
-    "KUBEFLOW_FLAVOR", "ClusterConfig", "ClusterConfigError", "ManifestError", "cluster_run_settings",
+    "KUBEFLOW_FLAVOR", "TRAINJOB_FLAVOR", "ClusterConfig", "ClusterConfigError", "ManifestError", "cluster_run_settings",
     "default_versions", "docker_settings",
     "kubeflow_pipeline_settings", "kubeflow_train_step_settings",
-    "load_cluster_config", "pod_parts", "pod_specs", "read_manifests", "read_yaml_mapping", "render_manifests",
-    "restricted_violations", "step_operator_settings", "train_step_settings", "trainer_args",
-    "validate_manifests", "write_manifests",
+    "PodTemplate", "ValidationSummary", "expand_lists",
+    "load_cluster_config", "pod_parts", "pod_templates", "read_manifests", "read_yaml_mapping", "render_manifests",
+    "step_operator_settings", "train_step_settings", "trainjob_step_settings", "trainer_args", "validate_manifests", "violations",
+    "write_manifest_file", "write_manifests",
 ]

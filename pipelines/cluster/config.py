@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 KUBEFLOW_FLAVOR = "udon_kubeflow"  # the orchestrator flavor of pipelines/cluster/kubeflow.py
+TRAINJOB_FLAVOR = "udon_trainjob"  # the step operator flavor of pipelines/cluster/trainjob_operator.py
 MIN_KUBERNETES = "1.30.0"  # oldest Kubernetes minor still in upstream or common vendor support
 
 
@@ -100,18 +101,28 @@ class ClusterConfig(BaseModel):
         default_factory=_gpu_taint, description="GPU nodes are usually tainted nvidia.com/gpu:NoSchedule"
     )
     # --- shape (the CLI may override both for one render)
-    nodes: int = Field(default=1, ge=1, description="pods of the training run; >1 renders a Kubeflow PyTorchJob")
+    nodes: int = Field(
+        default=1, ge=1, strict=True,
+        description="nodes (pods) of the training run: a TrainJob's numNodes; >1 without --trainjob renders the "
+                    "legacy Kubeflow PyTorchJob")
     gpus_per_node: int = Field(
-        default=1, ge=1, le=16,
+        default=1, ge=1, le=16, strict=True,
         description="GPUs (= torchrun processes) per pod; the image is a CUDA image and the trainer needs a GPU, "
                     "so 0 is refused (run on CPU with the default ZenML stack instead)",
     )
     step_gpus: int = Field(
-        default=1, ge=1, le=16,
+        default=1, ge=1, le=16, strict=True,
         description="GPUs of the ZenML model_trainer pod; the step trains in one process on one device, so more "
                     "would sit idle (multi-GPU goes through `udon k8s render`)",
     )
     gpu_resource: str = Field(default="nvidia.com/gpu", description="the NVIDIA device plugin's resource name")
+    # --- Kubeflow Trainer v2 (TrainJob)
+    trainjob_runtime: str = Field(
+        default="torch-distributed",
+        description="the training runtime a TrainJob refers to (Trainer's default torch runtime: it starts no "
+                    "launcher itself, sets PET_* and runs our `torchrun` command)")
+    trainjob_runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        default="ClusterTrainingRuntime", description="cluster-wide runtime, or one in `namespace`")
     # --- per-pod resources
     cpu_request: str = Field(default="8", description="8 data-loader workers per process (configs/uned.yaml)")
     cpu_limit: str | None = Field(
@@ -145,10 +156,10 @@ class ClusterConfig(BaseModel):
     config_map: str = Field(default="udon-train-config", description="holds the training config YAML")
     config_mount_path: str = Field(default="/etc/udon", description="the config map is mounted here, read-only")
     max_restarts: int = Field(
-        default=3, ge=0, description="pod restarts before the run fails; each one resumes from the last checkpoint"
+        default=3, ge=0, strict=True, description="pod restarts before the run fails; each one resumes from the last checkpoint"
     )
-    ttl_seconds_after_finished: int = Field(default=7 * 24 * 3600, ge=0, description="keep finished runs a week")
-    run_as_user: int = Field(default=10001, ge=1, description="the non-root UID of k8s/Dockerfile")
+    ttl_seconds_after_finished: int = Field(default=7 * 24 * 3600, ge=0, strict=True, description="keep finished runs a week")
+    run_as_user: int = Field(default=10001, ge=1, strict=True, description="the non-root UID of k8s/Dockerfile")
     labels: dict[str, str] = Field(
         default_factory=lambda: {"app.kubernetes.io/name": "udon", "app.kubernetes.io/part-of": "udon-pipeline"},
         description="on every object and pod",
@@ -171,7 +182,8 @@ class ClusterConfig(BaseModel):
             raise InvalidValueError(f"'{image}' uses ':latest'; pin a version tag or a digest")
         return image
 
-    @field_validator("namespace", "service_account", "launcher_service_account", "data_pvc", "config_map")
+    @field_validator("namespace", "service_account", "launcher_service_account", "data_pvc", "config_map",
+                     "trainjob_runtime")
     @classmethod
     def _dns_label(cls, value: str) -> str:
         if len(value) > 63 or not DNS1123_LABEL.match(value):

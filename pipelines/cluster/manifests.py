@@ -1,5 +1,6 @@
 """Kubernetes manifests of a training run: namespace, service accounts, least-privilege RBAC, the data PVC,
-the training config as a ConfigMap, and a single-node `batch/v1` Job or a Kubeflow `PyTorchJob`.
+the training config as a ConfigMap, and the run itself: a Kubeflow Trainer v2 `TrainJob` (trainjob.py), a
+single-node `batch/v1` Job, or, for clusters still on Training Operator v1, the legacy Kubeflow `PyTorchJob`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def _single_node_job(cfg: ClusterConfig, job_name: str, gpus: int, annotations: 
 
 
 def _pytorch_job(cfg: ClusterConfig, job_name: str, nodes: int, gpus: int, annotations: dict) -> Any:
+    """Legacy: Training Operator v1 (maintenance only upstream); Kubeflow Trainer v2 runs a TrainJob instead."""
     try:
         from kubeflow.training import (
             KubeflowOrgV1PyTorchJob,
@@ -111,6 +113,10 @@ def _access_objects(cfg: ClusterConfig) -> list[Any]:
                                verbs=["create", "get", "list", "watch", "delete"]),
                           rule(api_groups=["kubeflow.org"], resources=["pytorchjobs"],
                                verbs=["create", "get", "list", "watch", "delete"]),
+                          rule(api_groups=["trainer.kubeflow.org"], resources=["trainjobs"],
+                               verbs=["create", "get", "list", "watch", "delete", "patch"]),
+                          rule(api_groups=["trainer.kubeflow.org"], resources=["trainingruntimes"],
+                               verbs=["get", "list"]),
                           rule(api_groups=[""], resources=["pods", "events"], verbs=["get", "list", "watch"]),
                           rule(api_groups=[""], resources=["pods/log"], verbs=["get"]),
                           rule(api_groups=[""], resources=["configmaps"], verbs=["create"]),
@@ -140,11 +146,14 @@ def _storage_objects(cfg: ClusterConfig, config_text: str) -> list[Any]:
 
 
 def render_manifests(cfg: ClusterConfig, train_config: Mapping[str, Any], nodes: int | None = None,
-                     gpus_per_node: int | None = None, job_name: str | None = None) -> dict[str, dict]:
+                     gpus_per_node: int | None = None, job_name: str | None = None, *, trainjob: bool = False,
+                     run_labels: Mapping[str, str] | None = None) -> dict[str, dict]:
     """Every object of a training run as plain dicts, keyed by a stable file name in apply order.
 
-    ``nodes`` / ``gpus_per_node`` / ``job_name`` override the configuration for this render; one node gives a
-    ``batch/v1`` Job, more give a Kubeflow ``PyTorchJob``. ``train_config`` becomes the ConfigMap's YAML.
+    ``nodes`` / ``gpus_per_node`` / ``job_name`` override the configuration for this render. With ``trainjob``
+    the run is a Kubeflow Trainer v2 TrainJob on any number of nodes; otherwise one node gives a ``batch/v1``
+    Job and more the legacy Kubeflow ``PyTorchJob``. ``train_config`` becomes the ConfigMap's YAML;
+    ``run_labels`` (the ZenML run, the data version) go on the run object and its pods.
     """
     updates = {k: v for k, v in {"nodes": nodes, "gpus_per_node": gpus_per_node, "job_name": job_name}.items()
                if v is not None}
@@ -158,11 +167,19 @@ def render_manifests(cfg: ClusterConfig, train_config: Mapping[str, Any], nodes:
     if len(config_text.encode()) > 900_000:
         raise ClusterConfigError("the training config is over the 1 MiB a ConfigMap can hold")
     annotations = {"udon-pipeline/train-config-sha256": hashlib.sha256(config_text.encode()).hexdigest()}
-    workload = (_single_node_job(cfg, cfg.job_name, cfg.gpus_per_node, annotations) if cfg.nodes == 1
-                else _pytorch_job(cfg, cfg.job_name, cfg.nodes, cfg.gpus_per_node, annotations))
-    objects = [*_access_objects(cfg), *_storage_objects(cfg, config_text), workload]
+    objects: list[Any] = [*_access_objects(cfg), *_storage_objects(cfg, config_text)]
     out = {}
     for index, obj in enumerate(objects):
         plain = k8s_json(obj)
         out[f"{index:02d}-{plain['kind'].lower()}-{plain['metadata']['name']}.yaml"] = plain
+    if trainjob:
+        from pipelines.cluster.trainjob import render_trainjob
+
+        labels = {**cfg.labels, **(run_labels or {}), "app.kubernetes.io/component": "trainer",
+                  "app.kubernetes.io/instance": cfg.job_name}
+        workload = render_trainjob(cfg, labels=labels, annotations=annotations)
+    else:
+        workload = k8s_json(_single_node_job(cfg, cfg.job_name, cfg.gpus_per_node, annotations) if cfg.nodes == 1
+                            else _pytorch_job(cfg, cfg.job_name, cfg.nodes, cfg.gpus_per_node, annotations))
+    out[f"{len(objects):02d}-{workload['kind'].lower()}-{workload['metadata']['name']}.yaml"] = workload
     return out

@@ -1,25 +1,39 @@
-"""Rendered manifests checked before they reach a cluster: the Kubernetes OpenAPI schemas of the supported
-versions, the training operator's own PyTorchJob checks, torchrun's flags and Pod Security 'restricted'.
+"""Manifests checked before they reach a cluster: the Kubernetes OpenAPI schemas of the supported versions, a
+TrainJob and its runtime with Kubeflow Trainer's own API models, the training operator's PyTorchJob checks
+(legacy), torchrun's flags, and the Pod Security Standards over every pod found in any object.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.cluster.config import DNS1035_LABEL, MIN_KUBERNETES
+from pipelines.cluster.files import expand_lists
 from pipelines.cluster.manifests import PYTORCHJOB_API, PYTORCHJOB_CONTAINER
-from pipelines.cluster.pod_security import pod_specs, restricted_violations
+from pipelines.cluster.pod_security import pod_templates, violations
 from udon_core.errors import UdonUserError
 
-if TYPE_CHECKING:
-    pass
+RUNTIME_KINDS = ("ClusterTrainingRuntime", "TrainingRuntime")
 
 
 class ManifestError(UdonUserError, ValueError):
     """Rendered manifests that Kubernetes or the training operator would reject; one line per problem."""
 
 
-def _schema_errors(obj: dict, versions: Sequence[str], where: str) -> list[str]:
+@dataclass
+class ValidationSummary:
+    """What was checked: objects by kind, pods checked against the profile, and notes on what could not be."""
+
+    kinds: dict[str, int] = field(default_factory=dict)
+    pods: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _schema_errors(obj: dict, versions: Sequence[str], where: str) -> tuple[list[str], bool]:
+    """``(errors, known)``: strict validation against each version's schema; ``known`` is False for a kind
+    kubernetes-validate has no schema of (a CRD), which is then not an error."""
     import kubernetes_validate as kv
 
     errors = []
@@ -29,14 +43,22 @@ def _schema_errors(obj: dict, versions: Sequence[str], where: str) -> list[str]:
         except kv.ValidationError as err:
             path = ".".join(str(p) for p in err.absolute_path) or "(root)"
             errors.append(f"{where} (Kubernetes {version}): {path}: {err.message}")
-        except (kv.SchemaNotFoundError, kv.VersionNotSupportedError) as err:
-            errors.append(f"{where} (Kubernetes {version}): {err.message}")
-    return errors
+        except kv.SchemaNotFoundError:
+            return [], False
+        except Exception as err:  # noqa: BLE001 - a version kubernetes-validate does not ship, say, named
+            errors.append(f"{where} (Kubernetes {version}): cannot validate: {getattr(err, 'message', err)}")
+    return errors, True
+
+
+def _template_schema_errors(template: dict, versions: Sequence[str], where: str) -> list[str]:
+    # why: kubernetes-validate has no CRD schemas, but a pod template inside one is a real PodTemplateSpec.
+    doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}
+    return _schema_errors(doc, versions, where)[0]
 
 
 def _torchrun_flag(args: list[str], flag: str) -> str | None:
     for arg in args:
-        if arg.startswith(f"--{flag}="):
+        if isinstance(arg, str) and arg.startswith(f"--{flag}="):
             return arg.split("=", 1)[1]
     return None
 
@@ -64,18 +86,18 @@ def _pytorchjob_errors(obj: dict, versions: Sequence[str], where: str, gpu_resou
     name = (obj.get("metadata") or {}).get("name") or ""
     if not DNS1035_LABEL.match(name) or len(name) > 63:
         errors.append(f"{where}: metadata.name '{name}' is not a DNS-1035 label")
-    spec = obj.get("spec") or {}
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
     if not isinstance(spec.get("runPolicy"), dict):
         errors.append(f"{where}: spec.runPolicy is required")
     if (spec.get("elasticPolicy") or {}).get("nProcPerNode") is not None and spec.get("nprocPerNode") is not None:
         errors.append(f"{where}: spec.elasticPolicy.nProcPerNode must not be used with spec.nprocPerNode")
-    replicas = spec.get("pytorchReplicaSpecs") or {}
+    replicas = spec.get("pytorchReplicaSpecs") if isinstance(spec.get("pytorchReplicaSpecs"), dict) else {}
     if "Master" not in replicas:
         errors.append(f"{where}: spec.pytorchReplicaSpecs.Master is required (torchrun's rendezvous host)")
     total = sum(int(r.get("replicas") or 0) for r in replicas.values() if isinstance(r, dict))
     for role, rspec in replicas.items():
         path = f"{where}: spec.pytorchReplicaSpecs.{role}"
-        if role not in ("Master", "Worker"):
+        if role not in ("Master", "Worker") or not isinstance(rspec, dict):
             errors.append(f"{path}: unsupported replica type (Master or Worker)")
             continue
         count = rspec.get("replicas")
@@ -93,9 +115,36 @@ def _pytorchjob_errors(obj: dict, versions: Sequence[str], where: str, gpu_resou
                    for i, c in enumerate(containers) if not c.get("image")]
         for container in containers:
             errors += _torchrun_errors(container, gpu_resource, total, path)
-        # why: kubernetes-validate has no CRD schemas, but each replica's template is a real PodTemplateSpec.
-        errors += _schema_errors({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
-                                  "template": template}, versions, f"{path}.template")
+    return errors
+
+
+def _pod_errors(where: str, template: Mapping[str, Any], versions: Sequence[str], schema: bool) -> list[str]:
+    spec = template.get("spec") if isinstance(template.get("spec"), dict) else {}
+    errors = [f"{where}: pod security: {v}"
+              for v in violations(template.get("metadata"), spec, versions)]
+    return errors + (_template_schema_errors(dict(template), versions, where) if schema else [])
+
+
+def _trainjob_errors(obj: dict, runtimes: Mapping[str, dict], versions: Sequence[str], where: str,
+                     gpu_resource: str, summary: ValidationSummary) -> list[str]:
+    from kubeflow_trainer_api import models as tm
+
+    from pipelines.cluster import trainjob
+
+    errors = trainjob.model_errors(tm.TrainerV1alpha1TrainJob, obj, where)
+    errors += trainjob.trainer_errors(obj, where, gpu_resource)
+    name = str(((obj.get("spec") or {}).get("runtimeRef") or {}).get("name"))
+    runtime = runtimes.get(name)
+    if runtime is None:
+        runtime = trainjob.TORCH_DISTRIBUTED
+        summary.notes.append(f"{where}: runtime '{name}' is not among these manifests; its pods were checked on the "
+                             "shape of Trainer's torch-distributed runtime (`udon k8s submit` checks the cluster's)")
+    pods = trainjob.effective_pods(obj, runtime)
+    if not pods:
+        errors.append(f"{where}: runtime '{name}' has no replicated jobs to run the TrainJob in")
+    for job, template in pods.items():
+        summary.pods += 1
+        errors += _pod_errors(f"{where} pods of replicated job '{job}'", template, versions, schema=True)
     return errors
 
 
@@ -105,33 +154,72 @@ def default_versions() -> tuple[str, str]:
     return (MIN_KUBERNETES, kubernetes_validate.latest_version())
 
 
-def validate_manifests(manifests: Mapping[str, dict] | Iterable[dict], versions: Sequence[str] | None = None,
-                       gpu_resource: str = "nvidia.com/gpu") -> None:
-    """Check every manifest: built-in kinds strictly against the Kubernetes schemas of each version (oldest
-    supported and newest shipped by kubernetes-validate by default), PyTorchJobs field by field as the
-    training operator does, torchrun's flags against the pod's GPUs and replicas, and every pod against the
-    Pod Security Standard "restricted" profile (pipelines/cluster/pod_security.py).
+def _objects(manifests: Mapping[str, Any] | Iterable[Any]) -> list[tuple[str, Any]]:
+    items = manifests.items() if isinstance(manifests, Mapping) else \
+        ((f"document {i}", m) for i, m in enumerate(manifests))
+    return [pair for name, obj in items for pair in expand_lists(name, obj)]
+
+
+def _object_errors(name: str, obj: dict, runtimes: Mapping[str, dict], versions: Sequence[str],
+                   gpu_resource: str, summary: ValidationSummary) -> list[str]:
+    from kubeflow_trainer_api import models as tm
+
+    from pipelines.cluster import trainjob
+
+    kind, where = obj["kind"], f"{name} ({obj['kind']})"
+    if kind == "TrainJob":
+        return _trainjob_errors(obj, runtimes, versions, where, gpu_resource, summary)
+    templates = pod_templates(obj)
+    summary.pods += len(templates)
+    errors: list[str] = []
+    known = True
+    if kind == "PyTorchJob":
+        errors += _pytorchjob_errors(obj, versions, where, gpu_resource)
+        known = False
+    elif kind in RUNTIME_KINDS:
+        model = getattr(tm, f"TrainerV1alpha1{kind}")
+        errors += trainjob.model_errors(model, obj, where)
+        known = False
+    else:
+        schema_errors, known = _schema_errors(obj, versions, where)
+        errors += schema_errors
+        if not known:
+            summary.notes.append(f"{where}: no schema for {obj['apiVersion']} here; only its "
+                                 f"{len(templates)} pod template(s) were checked")
+    if kind == "Job":
+        for container in ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []:
+            errors += _torchrun_errors(container, gpu_resource, 1, where)
+    for template in templates:
+        errors += _pod_errors(f"{where} {template.where}", {"metadata": template.metadata, "spec": template.spec},
+                              versions, schema=not known)
+    return errors
+
+
+def validate_manifests(manifests: Mapping[str, Any] | Iterable[Any], versions: Sequence[str] | None = None,
+                       gpu_resource: str = "nvidia.com/gpu",
+                       runtimes: Mapping[str, dict] | None = None) -> ValidationSummary:
+    """Check every object (``kind: List`` expanded): built-in kinds strictly against the Kubernetes schemas of
+    each version (oldest supported and newest shipped by kubernetes-validate by default); a TrainJob and training
+    runtimes with Kubeflow Trainer's API models, the TrainJob's pods as Trainer would build them from its runtime
+    (one of these manifests, else the shape of torch-distributed); PyTorchJobs as the training operator does;
+    torchrun's flags against GPUs and nodes; every pod of every object (unknown CRDs included, their pod
+    templates also against the PodTemplate schema) against Pod Security "restricted", which includes "baseline".
+    ``runtimes``: training runtimes by name known from elsewhere (the cluster's), used for TrainJobs' pods.
 
     Raises:
         ManifestError: one line per problem, naming the manifest, the version and the field.
     """
     versions = tuple(versions or default_versions())
-    items = manifests.items() if isinstance(manifests, Mapping) else \
-        ((f"document {i}", m) for i, m in enumerate(manifests))
-    errors: list[str] = []
-    for name, obj in items:
-        if not isinstance(obj, dict) or "kind" not in obj or "apiVersion" not in obj:
+    objects = _objects(manifests)
+    runtimes = {**{str((o.get("metadata") or {}).get("name")): o for _, o in objects
+                   if isinstance(o, dict) and o.get("kind") in RUNTIME_KINDS}, **(runtimes or {})}
+    summary, errors = ValidationSummary(), []
+    for name, obj in objects:
+        if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str) or "apiVersion" not in obj:
             errors.append(f"{name}: not a Kubernetes object (no kind / apiVersion)")
             continue
-        where = f"{name} ({obj['kind']})"
-        errors += [f"{where}: pod security (restricted): {v}" for spec in pod_specs(obj)
-                   for v in restricted_violations(spec)]
-        if obj["kind"] == "PyTorchJob":
-            errors += _pytorchjob_errors(obj, versions, where, gpu_resource)
-            continue
-        errors += _schema_errors(obj, versions, where)
-        if obj["kind"] == "Job":
-            for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
-                errors += _torchrun_errors(container, gpu_resource, 1, where)
+        summary.kinds[obj["kind"]] = summary.kinds.get(obj["kind"], 0) + 1
+        errors += _object_errors(name, obj, runtimes, versions, gpu_resource, summary)
     if errors:
         raise ManifestError("\n".join(errors))
+    return summary

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipelines.cluster.config import KUBEFLOW_FLAVOR, ClusterConfig, quantity
+from pipelines.cluster.config import KUBEFLOW_FLAVOR, TRAINJOB_FLAVOR, ClusterConfig, quantity
 from pipelines.cluster.pod import k8s_json, pod_parts
 from udon_core.errors import StackError
 
@@ -51,6 +51,24 @@ def train_step_settings(cfg: ClusterConfig) -> dict[str, Any]:
     return {"step_operator": step_operator_settings(cfg), "docker": docker_settings(cfg)}
 
 
+def trainjob_step_settings(cfg: ClusterConfig) -> dict[str, Any]:
+    """``settings=`` for the ``model_trainer`` step on a stack with the ``udon_trainjob`` step operator: a TrainJob
+    of ``nodes`` x ``gpus_per_node`` with the pod parts every route shares (the step config says where to
+    checkpoint; ZenML hands the step its configuration, so no config map)."""
+    from pipelines.cluster.trainjob import trainjob_settings
+    from pipelines.cluster.trainjob_operator import TrainJobStepOperatorSettings
+
+    plain = trainjob_settings(cfg, nodes=cfg.nodes, gpus=cfg.gpus_per_node, job_name=None, with_config=False)
+    return {"step_operator": TrainJobStepOperatorSettings(**plain.model_dump()), "docker": docker_settings(cfg)}
+
+
+def _step_operator_flavor(name: str) -> str:
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    return Client().get_stack_component(StackComponentType.STEP_OPERATOR, name).flavor_name
+
+
 def kubeflow_train_step_settings(cfg: ClusterConfig) -> dict[str, Any]:
     """``settings=`` for the ``model_trainer`` step on a Kubeflow Pipelines stack (``udon_kubeflow`` flavor):
     GPUs and the CPU limit (if any) as ``ResourceSettings`` (what ZenML hands to KFP), memory, CPU request,
@@ -84,11 +102,12 @@ def kubeflow_pipeline_settings(cfg: ClusterConfig) -> dict[str, Any]:
                                      allow_download_from_code_repository=False, allow_including_files_in_images=False)}
 
 
-def cluster_run_settings(cfg: ClusterConfig, orchestrator_flavor: str,
-                         step_operator: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def cluster_run_settings(cfg: ClusterConfig, orchestrator_flavor: str, step_operator: str | None,
+                         step_operator_flavor: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(pipeline settings, model_trainer step configuration)`` that put a run on the cluster, for a stack
-    with that orchestrator flavor and step operator: every step a KFP task (``udon_kubeflow``), or the train
-    step in the Kubernetes step operator's pod."""
+    with that orchestrator flavor and step operator: every step a KFP task (``udon_kubeflow``), the train step
+    as a multi-node TrainJob (``udon_trainjob`` step operator), or in the Kubernetes step operator's pod.
+    ``step_operator_flavor``: looked up in ZenML when not given."""
     if orchestrator_flavor == KUBEFLOW_FLAVOR:
         return kubeflow_pipeline_settings(cfg), {"settings": kubeflow_train_step_settings(cfg)}
     if orchestrator_flavor == "kubeflow":
@@ -96,6 +115,8 @@ def cluster_run_settings(cfg: ClusterConfig, orchestrator_flavor: str,
                          f"step's GPU under KFP 2.x: register the '{KUBEFLOW_FLAVOR}' flavor instead "
                          "(k8s/register_stack.sh with ORCHESTRATOR=kubeflow)")
     if step_operator:
-        return {}, {"step_operator": step_operator, "settings": train_step_settings(cfg)}
+        flavor = step_operator_flavor or _step_operator_flavor(step_operator)
+        settings = trainjob_step_settings(cfg) if flavor == TRAINJOB_FLAVOR else train_step_settings(cfg)
+        return {}, {"step_operator": step_operator, "settings": settings}
     raise StackError(f"the active stack has neither the '{KUBEFLOW_FLAVOR}' orchestrator nor a step operator, so "
                      "nothing would run on the cluster: activate a stack from k8s/register_stack.sh")
