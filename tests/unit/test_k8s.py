@@ -29,12 +29,12 @@ from pipelines.cluster import (
     cluster_run_settings,
     docker_settings,
     load_cluster_config,
-    pod_specs,
+    pod_templates,
     render_manifests,
-    restricted_violations,
     step_operator_settings,
     train_step_settings,
     validate_manifests,
+    violations,
     write_manifests,
 )
 from udon_core.errors import StackError
@@ -506,26 +506,26 @@ def test_manifests_in_the_readme_are_valid_and_match_the_configuration():
 
 
 def test_every_rendered_pod_passes_the_restricted_pod_security_profile(single, multi):
-    pods = [spec for manifests in (single, multi) for obj in manifests.values() for spec in pod_specs(obj)]
+    pods = [t.spec for manifests in (single, multi) for obj in manifests.values() for t in pod_templates(obj)]
     pods.append(_zenml_pod(CFG, drop_null_snake_keys=True)["spec"])  # the pod ZenML submits for the train step
     assert len(pods) == 4  # the Job, the PyTorchJob's master and worker, ZenML's step pod
     for spec in pods:
-        assert restricted_violations(spec) == []
+        assert violations(None, spec, VERSIONS) == []
 
 
 @pytest.mark.parametrize("change, violation", [
     (lambda s: s["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
-     "allowPrivilegeEscalation: must be false"),
+     "allowPrivilegeEscalation: must be false, found unset"),
     (lambda s: s["containers"][0]["securityContext"]["capabilities"].update(drop=["NET_RAW"]),
      "capabilities.drop: must include ALL"),
     (lambda s: s["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
-     "only NET_BIND_SERVICE is allowed"),
+     "capabilities.add[0]: 'SYS_ADMIN' is not allowed (unset or 'NET_BIND_SERVICE')"),
     (lambda s: (s["containers"][0]["securityContext"].pop("runAsNonRoot"), s["securityContext"].pop("runAsNonRoot", 0)),
      "runAsNonRoot: must be true"),
     (lambda s: (s["containers"][0]["securityContext"].pop("seccompProfile"), s["securityContext"].pop("seccompProfile", 0)),
      "seccompProfile.type"),
     (lambda s: s["volumes"].append({"name": "host", "hostPath": {"path": "/"}}), "type hostPath is not allowed"),
-    (lambda s: s.update(hostNetwork=True), "hostNetwork: must be unset or false"),
+    (lambda s: s.update(hostNetwork=True), "spec.hostNetwork: true is not allowed (unset or false)"),
     (lambda s: s["securityContext"].update(runAsUser=0), "runAsUser: must not be 0"),
 ])
 def test_each_restricted_rule_is_checked_and_named_by_validate(single, change, violation):
@@ -534,6 +534,6 @@ def test_each_restricted_rule_is_checked_and_named_by_validate(single, change, v
     manifests = copy.deepcopy(single)
     job = _workload(manifests)
     change(job["spec"]["template"]["spec"])
-    assert any(violation in v for v in restricted_violations(job["spec"]["template"]["spec"]))
-    with pytest.raises(ManifestError, match=f"pod security \\(restricted\\): .*{re.escape(violation)}"):
+    assert any(violation in v for v in violations(None, job["spec"]["template"]["spec"], VERSIONS))
+    with pytest.raises(ManifestError, match=f"pod security: .*{re.escape(violation)}"):
         validate_manifests(manifests)
