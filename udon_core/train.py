@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-from udon_core.errors import UdonUserError
 from udon_core.training.distributed import torch_env
 from udon_core.training.job import main
 
 if __name__ == "__main__":
     try:
         os.environ.update(torch_env(os.environ))
-    except UdonUserError as err:
+    except ValueError as err:  # PET_* that describe no runnable job: one sentence, exit 2 as every user error
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.exit(main())

@@ -7,11 +7,15 @@ their pieces from it:
 - zenml_settings.py: what ZenML's Kubernetes step operator puts in the pod of the `model_trainer` step (GPU
   limits go in `pod_settings.resources`; ZenML 0.98 does not turn `ResourceSettings` into pod resources);
 - manifests.py: a namespace, service accounts, least-privilege RBAC, a PVC for data and checkpoints, the
-  training config as a ConfigMap, and a single-node `batch/v1` Job (``torchrun --standalone``) or a Kubeflow
-  `PyTorchJob` (Master 1 + Workers N-1, ``torchrun`` with the operator's ``PET_*`` rendezvous env);
+  training config as a ConfigMap, and the run: a Kubeflow Trainer v2 `TrainJob` (trainjob.py: N nodes x G
+  GPUs, ``torchrun`` with the runtime's ``PET_*`` env, pod settings as runtime patches), a single-node
+  `batch/v1` Job (``torchrun --standalone``), or the legacy Kubeflow `PyTorchJob` (Training Operator v1);
+- submit.py: creates a TrainJob and watches it; trainjob_operator.py: the `udon_trainjob` step operator flavor,
+  `model_trainer` as a TrainJob (imported only where ZenML runs);
 - kubeflow.py: the `udon_kubeflow` orchestrator flavor, ZenML's Kubeflow Pipelines orchestrator with the train
   step's GPUs, memory and scheduling applied to its KFP task (imported only where ZenML's kubeflow integration is);
-- validation.py and pod_security.py check what was rendered; files.py writes and reads it.
+- validation.py and pod_security.py check what was rendered (Pod Security baseline + restricted over every pod
+  of any object); files.py writes and reads it.
 
 So the image, the resources and the mounts of a ZenML run and of a manifest run cannot drift apart.
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from kubeflow_trainer_api import models as tm
 from pydantic import BaseModel, Field, PositiveInt
 from pydantic import ValidationError as PydanticError
 
 from pipelines.cluster.config import ClusterConfig
 from pipelines.cluster.pod import k8s_json, pod_parts, trainer_args
+
+if TYPE_CHECKING:
+    from kubeflow_trainer_api import models as tm
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -96,6 +98,8 @@ def trainjob_settings(cfg: ClusterConfig, *, nodes: int, gpus: int, job_name: st
 
 def _runtime_patch(overrides: Sequence[Mapping[str, Any]]) -> tm.TrainerV1alpha1RuntimePatch | None:
     """Upstream's override entries as one ``runtimePatches`` entry of ours (Trainer 2.2+)."""
+    from kubeflow_trainer_api import models as tm  # why here: the 389 API models take ~3 s to import
+
     jobs = [{"name": target["name"], "template": {"spec": {"template": {
                 **({"metadata": o["metadata"]} if o.get("metadata") else {}), "spec": o.get("spec") or {}}}}}
             for o in overrides for target in o.get("targetJobs") or []]
@@ -121,6 +125,8 @@ def build_trainjob(settings: TrainJobSettings, *, name: str, namespace: str, ima
     Raises:
         pydantic.ValidationError: a field the TrainJob API refuses (the models are strict about types).
     """
+    from kubeflow_trainer_api import models as tm
+
     merged_env = {**(env or {}), **settings.trainer_env}
     trainer: dict[str, Any] = {
         "image": settings.image or image, "command": list(command), "args": list(args),

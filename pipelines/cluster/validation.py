@@ -13,6 +13,7 @@ from pipelines.cluster.config import DNS1035_LABEL, MIN_KUBERNETES
 from pipelines.cluster.files import expand_lists
 from pipelines.cluster.manifests import PYTORCHJOB_API, PYTORCHJOB_CONTAINER
 from pipelines.cluster.pod_security import pod_templates, violations
+from pipelines.cluster.trainjob import TORCH_DISTRIBUTED, effective_pods, model_errors, trainer_errors
 from udon_core.errors import UdonUserError
 
 RUNTIME_KINDS = ("ClusterTrainingRuntime", "TrainingRuntime")
@@ -129,17 +130,15 @@ def _trainjob_errors(obj: dict, runtimes: Mapping[str, dict], versions: Sequence
                      gpu_resource: str, summary: ValidationSummary) -> list[str]:
     from kubeflow_trainer_api import models as tm
 
-    from pipelines.cluster import trainjob
-
-    errors = trainjob.model_errors(tm.TrainerV1alpha1TrainJob, obj, where)
-    errors += trainjob.trainer_errors(obj, where, gpu_resource)
+    errors = model_errors(tm.TrainerV1alpha1TrainJob, obj, where)
+    errors += trainer_errors(obj, where, gpu_resource)
     name = str(((obj.get("spec") or {}).get("runtimeRef") or {}).get("name"))
     runtime = runtimes.get(name)
     if runtime is None:
-        runtime = trainjob.TORCH_DISTRIBUTED
+        runtime = TORCH_DISTRIBUTED
         summary.notes.append(f"{where}: runtime '{name}' is not among these manifests; its pods were checked on the "
                              "shape of Trainer's torch-distributed runtime (`udon k8s submit` checks the cluster's)")
-    pods = trainjob.effective_pods(obj, runtime)
+    pods = effective_pods(obj, runtime)
     if not pods:
         errors.append(f"{where}: runtime '{name}' has no replicated jobs to run the TrainJob in")
     for job, template in pods.items():
@@ -164,8 +163,6 @@ def _object_errors(name: str, obj: dict, runtimes: Mapping[str, dict], versions:
                    gpu_resource: str, summary: ValidationSummary) -> list[str]:
     from kubeflow_trainer_api import models as tm
 
-    from pipelines.cluster import trainjob
-
     kind, where = obj["kind"], f"{name} ({obj['kind']})"
     if kind == "TrainJob":
         return _trainjob_errors(obj, runtimes, versions, where, gpu_resource, summary)
@@ -178,7 +175,7 @@ def _object_errors(name: str, obj: dict, runtimes: Mapping[str, dict], versions:
         known = False
     elif kind in RUNTIME_KINDS:
         model = getattr(tm, f"TrainerV1alpha1{kind}")
-        errors += trainjob.model_errors(model, obj, where)
+        errors += model_errors(model, obj, where)
         known = False
     else:
         schema_errors, known = _schema_errors(obj, versions, where)

@@ -135,3 +135,37 @@ def test_the_entry_point_names_what_is_missing(run_file, tmp_path, monkeypatch, 
     bad.write_text(yaml.safe_dump({"training": {"train": {"steps": 0}}}))
     assert main(["--config", str(bad), "--data", str(root), "--checkpoint-dir", str(tmp_path / "x")]) == 2
     assert "training.train.steps" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "none"])
+def test_two_trainer_v2_nodes_form_one_group_from_the_pet_variables(run_file, tmp_path, launcher):
+    """Two local "nodes" get exactly what Kubeflow Trainer's torch runtime sets (PET_NNODES, PET_NPROC_PER_NODE,
+    PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT) and the TrainJob's command: `torchrun -m udon_core.train`
+    with no flags (torchrun reads PET_*), or, one process per node, `python -m udon_core.train` itself. They
+    form one group of 2, and every rank's weights equal rank 0's after the steps (the trainer's all_gather)."""
+    path, root = run_file
+    port, steps = _free_port(), 6
+    launch = [sys.executable, "-m", "torch.distributed.run"] if launcher == "torchrun" else [sys.executable]
+    torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+    base = {k: v for k, v in _env(root).items() if k not in torchrun_vars and not k.startswith(("PET_", "TORCHELASTIC"))}
+    procs = []
+    for node_rank in (0, 1):
+        env = {**base, "UDON_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),  # one shared volume
+               "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(node_rank),
+               "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+        cmd = [*launch, "-m", "udon_core.train", "--config", str(path), "--resume", "auto", "--no-progress",
+               "--set", f"train.steps={steps}"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [_finish(p) for p in procs]
+    assert f"all 2 ranks hold identical weights after step {steps}" in outs[0], outs[0][-3000:]
+    assert "Traceback" not in outs[1]
+    weights, summary = _export(tmp_path / "checkpoints")
+    assert summary["steps"] == steps and weights

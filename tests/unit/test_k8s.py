@@ -481,7 +481,7 @@ def test_the_active_stack_decides_how_the_train_step_reaches_the_cluster():
     assert (pod.cpu_request, pod.memory_request, pod.shm_size) == (CFG.cpu_request, CFG.memory_request, CFG.shm_size)
     assert cluster_run_settings(CFG.model_copy(update={"cpu_limit": "12"}), KUBEFLOW_FLAVOR, None)[1][
         "settings"]["resources"].cpu_count == 12.0
-    pipeline, trainer = cluster_run_settings(CFG, "local", "udon-k8s-gpu")
+    pipeline, trainer = cluster_run_settings(CFG, "local", "udon-k8s-gpu", "kubernetes")
     assert pipeline == {} and trainer["step_operator"] == "udon-k8s-gpu"
     assert set(trainer["settings"]) == {"step_operator", "docker"}
     with pytest.raises(StackError, match="ZenML's own 'kubeflow' flavor, which drops the train step's GPU"):
@@ -492,7 +492,7 @@ def test_the_active_stack_decides_how_the_train_step_reaches_the_cluster():
 
 def test_manifests_in_the_readme_are_valid_and_match_the_configuration():
     text = (ROOT / "k8s/README.md").read_text()
-    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL) if "kind:" in b]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL) if "kind: Pod" in b]
     assert blocks, "the README's loader pod is checked here"
     cfg = load_cluster_config(ROOT / "configs/cluster.yaml")
     for obj in blocks:
