@@ -15,7 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.cluster.trainjob import API_VERSION, GROUP, NODE, PLURAL, RUNTIME_PLURALS, SUPPORTED_TRAINER, VERSION
+from pipelines.cluster.trainjob import (
+    API_VERSION,
+    GROUP,
+    NODE,
+    PLURAL,
+    RUNTIME_PLURALS,
+    SUPPORTED_TRAINER,
+    VERSION,
+    unknown_fields,
+)
 from udon_core.errors import UdonUserError
 
 JOBSET_LABEL, REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/jobset-name", "jobset.sigs.k8s.io/replicatedjob-name"
@@ -118,12 +127,13 @@ def create_trainjob(custom: Any, job: Mapping[str, Any]) -> dict:
                 f"TrainJob {meta['name']} already exists in namespace {meta['namespace']}: delete it to run again "
                 "(the same name resumes from its checkpoints) or choose another --job-name") from err
         raise ClusterAccessError(f"the cluster refused TrainJob {meta['name']}: {_reason(err)}") from err
-    if job["spec"].get("runtimePatches") and not (stored.get("spec") or {}).get("runtimePatches"):
+    dropped = unknown_fields(job["spec"], (stored or {}).get("spec") or {}, "spec")
+    if dropped:  # why: a CRD prunes fields it does not know, silently; the pods would lack what they name
         custom.delete_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
         raise TrainJobUnavailable(
-            "this cluster's Kubeflow Trainer dropped spec.runtimePatches (it is older than 2.2), so the pods would "
-            f"lose their volumes and security contexts; TrainJob {meta['name']} was deleted again: upgrade to "
-            f"Trainer {' or '.join(SUPPORTED_TRAINER)}, {LEGACY_HINT}")
+            f"this cluster's Kubeflow Trainer dropped {', '.join(dropped[:3])}{' ...' if len(dropped) > 3 else ''} "
+            "(a Trainer older than 2.2, or one without these fields), so the pods would start without them; "
+            f"TrainJob {meta['name']} was deleted again: use Trainer {' or '.join(SUPPORTED_TRAINER)}, {LEGACY_HINT}")
     return stored
 
 

@@ -173,20 +173,21 @@ def model_errors(model: type, obj: Any, where: str) -> list[str]:
     except (AttributeError, TypeError) as err:  # a list or scalar where the model expects a mapping
         return [f"{where}: not the shape of a {model.__name__.removeprefix('TrainerV1alpha1')}: {err}"]
     return [f"{where}: {path}: not a field of {model.__name__.removeprefix('TrainerV1alpha1')} "
-            f"(kubeflow-trainer-api 2.3)" for path in _unknown_fields(obj, parsed.to_dict())]
+            f"(kubeflow-trainer-api 2.3)" for path in unknown_fields(obj, parsed.to_dict())]
 
 
-def _unknown_fields(given: Any, kept: Any, path: str = "") -> list[str]:
+def unknown_fields(given: Any, kept: Any, path: str = "") -> list[str]:
+    """The paths of keys in ``given`` that ``kept`` lost (None values count as absent)."""
     if isinstance(given, dict) and isinstance(kept, dict):
         out = []
         for key, value in given.items():
             if value is None:
                 continue
             child = f"{path}.{key}" if path else str(key)
-            out += [child] if key not in kept else _unknown_fields(value, kept[key], child)
+            out += [child] if key not in kept else unknown_fields(value, kept[key], child)
         return out
     if isinstance(given, list) and isinstance(kept, list):
-        return [p for i, (g, k) in enumerate(zip(given, kept)) for p in _unknown_fields(g, k, f"{path}[{i}]")]
+        return [p for i, (g, k) in enumerate(zip(given, kept)) for p in unknown_fields(g, k, f"{path}[{i}]")]
     return []
 
 

@@ -245,9 +245,9 @@ def test_settings_carry_the_names_of_zenmls_upstream_trainer_step_operator():
 class FakeCluster:
     """The CustomObjectsApi and CoreV1Api of a cluster with (or without) Kubeflow Trainer; calls are recorded."""
 
-    def __init__(self, *, crd: bool = True, runtime: dict | None = TORCH_DISTRIBUTED, prunes_patches: bool = False,
+    def __init__(self, *, crd: bool = True, runtime: dict | None = TORCH_DISTRIBUTED, prune=None,
                  conditions: list[list[dict]] | None = None, log: str = "step 50: loss 0.1"):
-        self.crd, self.runtime, self.prunes = crd, runtime, prunes_patches
+        self.crd, self.runtime, self.prune = crd, runtime, prune  # prune: what an older CRD drops
         self.conditions = conditions if conditions is not None else [[], [{"type": "Complete", "status": "True"}]]
         self.trainjobs: dict[str, dict] = {}
         self.config_maps: dict[str, dict] = {}
@@ -271,8 +271,8 @@ class FakeCluster:
         if body["metadata"]["name"] in self.trainjobs:
             raise ApiException(status=409, reason="Conflict")
         stored = copy.deepcopy(body)
-        if self.prunes:
-            stored["spec"].pop("runtimePatches", None)
+        if self.prune:
+            self.prune(stored)
         self.trainjobs[body["metadata"]["name"]] = stored
         return stored
 
@@ -344,10 +344,13 @@ def test_no_trainjob_crd_no_runtime_or_an_old_trainer_is_one_sentence(two_by_eig
         _submit(two_by_eight, FakeCluster(crd=False))
     with pytest.raises(TrainJobUnavailable, match="has no ClusterTrainingRuntime 'torch-distributed'"):
         _submit(two_by_eight, FakeCluster(runtime=None))
-    old = FakeCluster(prunes_patches=True)
-    with pytest.raises(TrainJobUnavailable, match="older than 2.2"):
+    old = FakeCluster(prune=lambda job: job["spec"].pop("runtimePatches"))
+    with pytest.raises(TrainJobUnavailable, match=r"dropped spec.runtimePatches \(a Trainer older than 2.2"):
         _submit(two_by_eight, old)
     assert old.trainjobs == {} and "delete trainjobs/udon-train" in old.calls
+    partial = FakeCluster(prune=lambda job: _patch_pod(job)["spec"].pop("securityContext"))
+    with pytest.raises(TrainJobUnavailable, match=r"dropped spec.runtimePatches\[0\].*\.spec\.securityContext"):
+        _submit(two_by_eight, partial)
     with pytest.raises(ClusterAccessError, match="already exists"):
         cluster = FakeCluster()
         _submit(two_by_eight, cluster, wait=False)
