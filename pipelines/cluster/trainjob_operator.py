@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -72,18 +71,14 @@ class TrainJobEntrypointConfiguration(StepOperatorEntrypointConfiguration):
 def follow_model_trainer(step_run: StepRunResponse) -> None:
     """What ``steps.model_trainer`` does with its inputs, for a rank that is not 0: the same model (same seed),
     the same teachers, the same data version and checkpoint folder, no tracker and no outputs."""
-    from integrations.mlflow_tracking import mlflow_tracking_uri
-    from integrations.teacher_sources import resolve_teacher_sources
-    from udon_core.training import TrainingJobConfig, build_model, run_training
+    from steps.model_trainer import train_on_pinned_data
+    from udon_core.training import TrainingJobConfig, build_model
 
     inputs = {name: artifacts[0].load() for name, artifacts in step_run.inputs.items()}
     config = TrainingJobConfig.model_validate(step_run.config.parameters["config"])
     manifest, dataset = inputs["manifest"], inputs["dataset"]
     model = build_model(config, manifest, dataset.benchmark)
-    with tempfile.TemporaryDirectory() as teachers_dir:
-        resolved, _ = resolve_teacher_sources(config, Path(teachers_dir), mlflow_tracking_uri())
-        run_training(model, resolved, dataset.local_root(), manifest, dataset.benchmark, callback=None,
-                     checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None, progress=False)
+    train_on_pinned_data(model, config, manifest, dataset, callback=None, progress=False)
 
 
 def trainjob_name(run_id: str, step_name: str) -> str:

@@ -444,6 +444,7 @@ def test_step_operator_submits_model_trainer_as_a_trainjob_field_by_field(monkey
 
 
 def test_followers_train_the_steps_model_with_the_steps_inputs_and_publish_nothing(monkeypatch):
+    import steps.model_trainer as trainer_step
     import udon_core.training as training
     from pipelines.cluster import trainjob_operator as op
 
@@ -454,8 +455,8 @@ def test_followers_train_the_steps_model_with_the_steps_inputs_and_publish_nothi
         inputs={k: [SimpleNamespace(load=lambda v=v: v)] for k, v in artifacts.items()},
         config=SimpleNamespace(parameters={"config": {"checkpoint_dir": "/mnt/udon/checkpoints/run-1"}}))
     monkeypatch.setattr(training, "build_model", lambda config, manifest, spec: ("model", manifest, spec))
-    monkeypatch.setattr(training, "run_training", lambda *a, **k: calls.update(args=a, kwargs=k))
-    monkeypatch.setattr("integrations.mlflow_tracking.mlflow_tracking_uri", lambda: None)
+    monkeypatch.setattr(trainer_step, "run_training", lambda *a, **k: calls.update(args=a, kwargs=k))
+    monkeypatch.setattr(trainer_step, "mlflow_tracking_uri", lambda: None)
     op.follow_model_trainer(step_run)
     model, config, root, manifest, bench = calls["args"]
     assert model == ("model", "manifest-frame", "bench") and (root, manifest, bench) == (
