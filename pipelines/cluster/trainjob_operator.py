@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from zenml.config.base_settings import BaseSettings
