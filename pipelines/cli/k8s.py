@@ -44,8 +44,13 @@ def _render(config_path: Path, overlays: tuple[Path, ...], train_path: Path | No
             gpus_per_node: int | None, job_name: str | None, data_version: str | None, zenml_run: str | None,
             trainjob: bool):
     """``(cluster config, manifests, validation summary, versions)`` of one run, validated; user errors raise."""
-    from pipelines.cluster import default_versions, load_cluster_config, read_yaml_mapping, render_manifests
-    from pipelines.cluster import validate_manifests
+    from pipelines.cluster import (
+        default_versions,
+        load_cluster_config,
+        read_yaml_mapping,
+        render_manifests,
+        validate_manifests,
+    )
     from udon_core.training import load_run_file
 
     if train_path is None:
