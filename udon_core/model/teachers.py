@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from udon_core.errors import InvalidValueError
-from udon_core.model.backbone import HUB, LITE0_PACKAGE, BackboneConfig, load_pretrained
+from udon_core.model.backbone import HUB, LITE0_PACKAGE, create_timm_model
 from udon_core.model.udon_model import load_embedding_model
 
 RGB = tuple[float, float, float]
@@ -198,31 +198,13 @@ def _fill_own_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any)
         state_dict.update({f"{prefix}{child_name}.{k}": v.detach() for k, v in own.items()})
 
 
-def _is_file(weights: str | None) -> bool:
-    return weights not in (None, HUB, LITE0_PACKAGE)
-
-
 def _timm_teacher(cfg: TeacherConfig) -> tuple[nn.Module, Normalization, int, str]:
-    import timm
     from timm.data import resolve_model_data_config
 
-    kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": cfg.weights == HUB or _is_file(cfg.weights)}
-    if _is_file(cfg.weights):
-        path = Path(cfg.weights)
-        if not path.is_file():
-            raise InvalidValueError(f"teacher {cfg.name!r}: weights file not found: {path}")
-        # why: timm's own loader applies the architecture's checkpoint filter (e.g. position-embedding resampling).
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path), "custom_load": path.suffix == ".npz"}
-    if cfg.img_size is not None:
-        kwargs["img_size"] = cfg.img_size
-    try:
-        model = timm.create_model(cfg.timm_model, **kwargs)
-    except TypeError as err:  # CNNs take any input size and have no img_size argument
-        if "img_size" not in str(err):
-            raise
-        model = timm.create_model(cfg.timm_model, **{k: v for k, v in kwargs.items() if k != "img_size"})
-    if cfg.weights == LITE0_PACKAGE:  # the one real ImageNet CNN available offline (research/data-weights.md)
-        load_pretrained(model, BackboneConfig(name=cfg.timm_model, pretrained=LITE0_PACKAGE))
+    # File and package weights are read by us (one sentence for a bad file) and loaded strictly through
+    # timm's checkpoint filter (e.g. position-embedding resampling to img_size): a state dict of another
+    # architecture is refused instead of leaving the teacher at its random init.
+    model = create_timm_model(cfg.timm_model, cfg.weights, cfg.img_size)
     data = resolve_model_data_config(model)
     built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT's position-embedding size
     size = cfg.img_size or (int(built[0]) if built is not None else int(data["input_size"][-1]))

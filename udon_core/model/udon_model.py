@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from udon_core.data.transforms import Preprocess
-from udon_core.digests import file_sha256
+from udon_core.digests import file_sha256, verify_digest_file, write_digest_file
 from udon_core.errors import CheckpointError, InvalidValueError
 from udon_core.model.backbone import BackboneConfig, create_backbone
 
-log = logging.getLogger(__name__)
 EXPORT_FORMAT = "udon-embedding/1"
 TRAINING_FORMAT = "udon-training-model/1"  # every head: what the oracle-teacher evaluation needs
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
+DIGEST_FILE = "model.sha256"  # sha256sum list of both: what defines the model is verified before it is read
+SEALED_FILES = (SIDECAR_FILE, WEIGHTS_FILE)  # the small description first: its damage is found before hashing weights
 
 
 class ModelConfig(BaseModel):
@@ -44,35 +44,27 @@ class ModelConfig(BaseModel):
 
 
 def _write_folder(module: nn.Module, directory: str | Path, sidecar: dict) -> Path:
+    """``model.safetensors`` + ``model.json``, then ``model.sha256`` over both: the folder counts once it is there."""
     from safetensors.torch import save_file
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    # why first: a save interrupted from here on leaves a folder without its digest, which is refused, never a
+    # folder whose old digest vouches for half-new files.
+    (out / DIGEST_FILE).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE))
-    # The sidecar is written last and carries the weights' digest: a folder whose weights were damaged or
-    # swapped after export is refused on load.
-    sidecar = {**sidecar, "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
-    tmp = out / (SIDECAR_FILE + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out / SIDECAR_FILE)
+    save_file(state, str(out / (WEIGHTS_FILE + ".tmp")))
+    os.replace(out / (WEIGHTS_FILE + ".tmp"), out / WEIGHTS_FILE)
+    (out / (SIDECAR_FILE + ".tmp")).write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
+    os.replace(out / (SIDECAR_FILE + ".tmp"), out / SIDECAR_FILE)
+    write_digest_file(out / DIGEST_FILE, [out / name for name in SEALED_FILES])
     return out
 
 
-def _read_sidecar(directory: str | Path, expected: str) -> dict:
-    sidecar = _sidecar(directory)
-    if sidecar.get("format") != expected:
-        raise CheckpointError(f"{Path(directory) / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}, "
-                              f"expected {expected}")
-    return sidecar
-
-
-def _sidecar(directory: str | Path) -> dict:
-    path = Path(directory) / SIDECAR_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: not a saved udon model (no {SIDECAR_FILE})")
+def _parse_sidecar(directory: Path) -> dict:
+    path = directory / SIDECAR_FILE
     try:
-        sidecar = json.loads(path.read_text())
+        sidecar = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(sidecar, dict):
@@ -80,21 +72,72 @@ def _sidecar(directory: str | Path) -> dict:
     return sidecar
 
 
-def _load_weights(module: nn.Module, directory: str | Path, sidecar: dict) -> None:
-    """Load ``model.safetensors`` strictly, after checking it against the digest in the sidecar."""
+class UnsealedModelError(CheckpointError):
+    """A model folder saved before ``model.sha256`` existed: its weights digest is in its unverifiable ``model.json``."""
+
+
+def _unsealed(directory: Path) -> CheckpointError:
+    """The error for a folder without ``model.sha256``: saved before it existed, interrupted, or copied without it."""
+    try:
+        legacy = "weights_sha256" in _parse_sidecar(directory)
+    except CheckpointError:
+        legacy = False
+    if legacy:
+        return UnsealedModelError(
+            f"{directory}: saved before {DIGEST_FILE} covered {SIDECAR_FILE}, so its description cannot be verified; "
+            f"if you trust this copy, `udon seal {directory}` checks its weights and records the digest, else "
+            "export the model again")
+    return CheckpointError(f"{directory}: no {DIGEST_FILE} beside {SIDECAR_FILE}: the save was interrupted or the "
+                           "folder was copied without it; export the model again")
+
+
+def read_verified_sidecar(directory: str | Path) -> dict:
+    """``model.json`` of a saved model folder, after both files matched ``model.sha256``; CheckpointError else.
+
+    Nothing in the folder is parsed before the digests match, so a damaged description can neither load
+    with another configuration nor switch the check off.
+    """
+    folder = Path(directory)
+    if not (folder / SIDECAR_FILE).is_file():
+        raise CheckpointError(f"{directory}: not a saved udon model (no {SIDECAR_FILE})")
+    if not (folder / DIGEST_FILE).is_file():
+        raise _unsealed(folder)
+    verify_digest_file(folder / DIGEST_FILE, SEALED_FILES)
+    sidecar = _parse_sidecar(folder)
+    if sidecar.get("format") not in (EXPORT_FORMAT, TRAINING_FORMAT):
+        raise CheckpointError(f"{folder / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}, expected "
+                              f"{EXPORT_FORMAT} or {TRAINING_FORMAT}")
+    return sidecar
+
+
+def _expect_format(directory: str | Path, sidecar: dict, expected: str) -> None:
+    if sidecar["format"] != expected:
+        raise CheckpointError(f"{Path(directory) / SIDECAR_FILE}: unknown format {sidecar['format']!r}, "
+                              f"expected {expected}")
+
+
+def _config_of(directory: str | Path, sidecar: dict) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(sidecar.get("config"))
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise CheckpointError(f"{Path(directory) / SIDECAR_FILE}: config.{'.'.join(map(str, first['loc']))}: "
+                              f"{first['msg']}") from err
+
+
+def _classes_of(directory: str | Path, sidecar: dict) -> dict[str, int]:
+    classes = sidecar.get("classes")
+    if not isinstance(classes, dict) or not all(isinstance(n, int) and n > 0 for n in classes.values()):
+        raise CheckpointError(f"{Path(directory) / SIDECAR_FILE}: 'classes' must map each domain to a positive count")
+    return classes
+
+
+def _load_weights(module: nn.Module, directory: str | Path) -> None:
+    """Load ``model.safetensors`` (already verified) strictly into ``module``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    expected = sidecar.get("weights_sha256")
-    if expected is None:
-        # why: folders exported before digests existed stay loadable; they only lose the corruption check.
-        log.warning("%s has no weights_sha256: loading %s without an integrity check", SIDECAR_FILE, path)
-    elif (actual := file_sha256(path)) != expected:
-        raise CheckpointError(f"{path}: content does not match weights_sha256 in {SIDECAR_FILE} (expected "
-                              f"{expected[:12]}..., found {actual[:12]}...): the file is damaged or was replaced")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
     try:
@@ -193,13 +236,18 @@ class UdonModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "UdonModel":
-        """Rebuild from the sidecar (no weights download) and load the weights strictly."""
-        sidecar = _read_sidecar(directory, TRAINING_FORMAT)
-        config = ModelConfig.model_validate(sidecar["config"])
-        model = cls(_without_download(config), {d: int(n) for d, n in sidecar["classes"].items()})
+        """Rebuild from the verified sidecar (no weights download) and load the weights strictly."""
+        sidecar = read_verified_sidecar(directory)
+        _expect_format(directory, sidecar, TRAINING_FORMAT)
+        return cls._from_sidecar(directory, sidecar).to(map_location).eval()
+
+    @classmethod
+    def _from_sidecar(cls, directory: str | Path, sidecar: dict) -> "UdonModel":
+        config = _config_of(directory, sidecar)
+        model = cls(_without_download(config), _classes_of(directory, sidecar))
         model.config = config
-        _load_weights(model, directory, sidecar)
-        return model.to(map_location).eval()
+        _load_weights(model, directory)
+        return model
 
 
 class EmbeddingModel(nn.Module):
@@ -225,15 +273,48 @@ class EmbeddingModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "EmbeddingModel":
-        """Rebuild from the sidecar (no weights download) and load the weights strictly."""
-        sidecar = _read_sidecar(directory, EXPORT_FORMAT)
-        model = cls(ModelConfig.model_validate(sidecar["config"]))
-        _load_weights(model, directory, sidecar)
-        return model.to(map_location).eval()
+        """Rebuild from the verified sidecar (no weights download) and load the weights strictly."""
+        sidecar = read_verified_sidecar(directory)
+        _expect_format(directory, sidecar, EXPORT_FORMAT)
+        return cls._from_sidecar(directory, sidecar).to(map_location).eval()
+
+    @classmethod
+    def _from_sidecar(cls, directory: str | Path, sidecar: dict) -> "EmbeddingModel":
+        model = cls(_config_of(directory, sidecar))
+        _load_weights(model, directory)
+        return model
 
 
 def load_embedding_model(directory: str | Path, map_location: str = "cpu") -> EmbeddingModel:
     """The deployable model from an exported folder, or from a training-model folder (its student part)."""
-    if _sidecar(directory).get("format") == TRAINING_FORMAT:
-        return UdonModel.load(directory, map_location).embedding_model()
-    return EmbeddingModel.load(directory, map_location)
+    sidecar = read_verified_sidecar(directory)
+    if sidecar["format"] == TRAINING_FORMAT:
+        return UdonModel._from_sidecar(directory, sidecar).to(map_location).eval().embedding_model()
+    return EmbeddingModel._from_sidecar(directory, sidecar).to(map_location).eval()
+
+
+def seal_legacy_folder(directory: str | Path) -> Path:
+    """Write ``model.sha256`` for a folder saved before it existed, after checking what can still be checked.
+
+    The weights must match the ``weights_sha256`` its ``model.json`` records and load strictly into the
+    architecture it describes; the description itself cannot be verified (nothing covered it), so this is
+    the user's explicit decision to trust it. Returns the digest file.
+    """
+    folder = Path(directory)
+    if (folder / DIGEST_FILE).is_file():
+        raise InvalidValueError(f"{folder / DIGEST_FILE} exists: the folder is sealed already")
+    if not (folder / SIDECAR_FILE).is_file():
+        raise CheckpointError(f"{directory}: not a saved udon model (no {SIDECAR_FILE})")
+    sidecar = _parse_sidecar(folder)
+    weights, expected = folder / WEIGHTS_FILE, sidecar.get("weights_sha256")
+    if not isinstance(expected, str) or not weights.is_file() or file_sha256(weights) != expected:
+        raise CheckpointError(f"{weights}: does not match the weights_sha256 in {SIDECAR_FILE} (or either is "
+                              "missing): refusing to seal a damaged folder")
+    if sidecar.get("format") == TRAINING_FORMAT:
+        UdonModel._from_sidecar(folder, sidecar)
+    elif sidecar.get("format") == EXPORT_FORMAT:
+        EmbeddingModel._from_sidecar(folder, sidecar)
+    else:
+        raise CheckpointError(f"{folder / SIDECAR_FILE}: unknown format {sidecar.get('format')!r}")
+    write_digest_file(folder / DIGEST_FILE, [folder / name for name in SEALED_FILES])
+    return folder / DIGEST_FILE

@@ -2,8 +2,10 @@
 
 Each checkpoint is ``checkpoint-<step>.pt`` with its SHA-256 in ``checkpoint-<step>.pt.sha256``. Both are
 written to a temporary name and renamed, the digest last, so a checkpoint counts only once its digest is
-in place; a crash mid-write leaves the previous one as the newest. The last two are kept: when the newest
-is damaged (a flipped byte, a truncated copy) training resumes from the one before, with a warning.
+in place: one without it is an interrupted write (a kill between the two renames), ignored with a warning,
+and a restart continues from the one before, or from step 0 when there is none. The last two complete ones
+are kept: when the newest is damaged (a flipped byte, a truncated copy) training resumes from the one
+before, with a warning; when every complete one is damaged the run stops rather than start over.
 
 Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers are accepted, so a
 crafted file in a shared checkpoint volume cannot execute anything.
@@ -13,17 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from udon_core.digests import file_sha256
+from udon_core.digests import verify_digest_file, write_digest_file
 from udon_core.errors import CheckpointError
+from udon_core.model.weight_files import read_tensors_file
 
 log = logging.getLogger(__name__)
 DIGEST_SUFFIX = ".sha256"
@@ -54,46 +55,26 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"checkpoint-{step:09d}.pt"
     _write_atomic(path, lambda tmp: torch.save(state, tmp))
-    line = f"{file_sha256(path)}  {path.name}\n"
-    _write_atomic(path.with_name(path.name + DIGEST_SUFFIX), lambda tmp: tmp.write_text(line))
+    write_digest_file(digest_path(path), [path])
     # Keep the newest two that have their digest; a digest-less one (a crashed write) is never worth keeping.
-    complete = [p for p in checkpoint_files(directory) if p.with_name(p.name + DIGEST_SUFFIX).is_file()]
+    complete = [p for p in checkpoint_files(directory) if digest_path(p).is_file()]
     for old in [p for p in checkpoint_files(directory) if p not in complete[:KEEP]]:
-        old.with_name(old.name + DIGEST_SUFFIX).unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
         old.unlink(missing_ok=True)
     return path
 
 
+def digest_path(path: Path) -> Path:
+    """Where the SHA-256 of checkpoint ``path`` is kept; the checkpoint is complete once this exists."""
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
 def verify(path: Path) -> None:
     """Raise CheckpointError unless ``path`` matches the SHA-256 written beside it."""
-    digest_file = path.with_name(path.name + DIGEST_SUFFIX)
-    if not digest_file.is_file():
-        raise CheckpointError(f"{path}: no {digest_file.name} beside it, so it was never completely written "
+    if not digest_path(path).is_file():
+        raise CheckpointError(f"{path}: no {digest_path(path).name} beside it, so it was never completely written "
                               "(or was copied without its digest)")
-    expected = next(iter(digest_file.read_text().split()), "")
-    actual = file_sha256(path)
-    if actual != expected:
-        raise CheckpointError(f"{path}: content does not match its SHA-256 in {digest_file.name} "
-                              f"(expected {expected[:12] or 'nothing'}..., found {actual[:12]}...): the file is damaged")
-
-
-def read_tensors_file(path: Path) -> Any:
-    """``torch.load`` of a trusted-format file with ``weights_only=True``, every failure as one sentence."""
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes)")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or another format)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # why: weights_only refuses every global that is not a tensor or plain container: never run it.
-        first = str(err).strip().splitlines()
-        raise CheckpointError(f"{path}: refused, it holds Python objects other than tensors and plain data "
-                              f"({first[-1] if first else 'unpickling refused'})") from err
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from err
+    verify_digest_file(digest_path(path), [path.name])
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -106,23 +87,32 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in ``directory`` that verifies and loads, falling back to the one before.
+    """The newest complete checkpoint in ``directory`` that verifies and loads, falling back to older ones.
 
-    None when there is none. Raises CheckpointError naming every file when checkpoints exist but none is
-    usable (resuming from scratch would silently discard a run).
+    A checkpoint without its digest was interrupted while being written: it is skipped with a warning, never
+    an error, so a restarted pod always gets going. None when no complete checkpoint exists (training starts
+    at step 0). Raises CheckpointError naming every file when complete checkpoints exist but none is usable
+    (starting over would silently discard a run).
     """
-    problems = []
+    problems, skipped = [], []
     for path in checkpoint_files(directory):
+        if not digest_path(path).is_file():
+            skipped.append(path.name)
+            log.warning("ignoring %s: it has no %s, its write was interrupted", path, digest_path(path).name)
+            continue
         try:
             state = load_checkpoint(path)
         except CheckpointError as err:
             problems.append(str(err))
             log.warning("skipping checkpoint: %s", err)
             continue
-        if problems:
+        if problems or skipped:
             log.warning("resuming from the previous checkpoint %s instead", path.name)
         return path, state
     if problems:
         raise CheckpointError("no usable checkpoint in " + str(directory) + ": " + "; ".join(problems)
                               + ". Move the folder away to start the run again from step 0.")
+    if skipped:
+        log.warning("no complete checkpoint in %s (only the interrupted %s): starting from step 0",
+                    directory, ", ".join(skipped))
     return None

@@ -158,8 +158,8 @@ class TrainingLoop:
     def state_dict(self) -> dict[str, Any]:
         # The task's state: the model plus whatever the objective trains or tracks (UNIC's projectors and
         # teacher statistics); frozen teachers leave themselves out.
-        return {"format": CHECKPOINT_FORMAT, "task": self.task.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
+        return {"format": CHECKPOINT_FORMAT, "model": model_identity(self.task.model),
+                "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
                 "streams": [s.position for s in self.streams], "step": self.step,
                 "domain_steps": self.domain_steps, "rng": _rng_state(self.device),
                 "best": {"score": self.best_score, "step": self.best_step, "state": self.best_state}}
@@ -177,6 +177,45 @@ class TrainingLoop:
         best = state["best"]
         self.best_score, self.best_step, self.best_state = best["score"], best["step"], best["state"]
         _set_rng_state(state["rng"], self.device)
+
+
+def model_identity(model: UdonModel) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it: the architecture and the benchmark's domains
+    and class counts (the pretrained source is left out: the checkpoint replaces those weights anyway)."""
+    b = model.config.backbone
+    return {"backbone": b.name, "img_size": b.img_size, "act": b.act, "student_dim": model.config.student_dim,
+            "teacher_dim": model.config.teacher_dim, "classes": model.classes}
+
+
+def _check_resumable(path: Path, state: dict[str, Any], model: UdonModel, cfg: TrainConfig) -> None:
+    """A CheckpointError sentence when ``state`` belongs to another run or lies past ``cfg.steps``."""
+    own, theirs = model_identity(model), state.get("model")
+    if isinstance(theirs, dict) and theirs != own:
+        diff = "; ".join(f"{k}: {theirs.get(k)!r} there, {own[k]!r} here" for k in own if theirs.get(k) != own[k])
+        raise CheckpointError(f"{path} belongs to another run ({diff}): give this run its own "
+                              "checkpoint folder, or move that one away")
+    step = state.get("step")
+    if isinstance(step, int) and step > cfg.steps:
+        raise CheckpointError(f"{path} is at step {step}, past train.steps={cfg.steps}: raise train.steps to "
+                              "continue that run, or give this run its own checkpoint folder")
+
+
+def resume(loop: TrainingLoop, directory: Path, cfg: TrainConfig) -> Path | None:
+    """Load the newest usable checkpoint of ``directory`` into ``loop``; the checkpoint used, or None (step 0)."""
+    found = load_latest(directory)
+    if found is None:
+        return None
+    path, state = found
+    _check_resumable(path, state, loop.task.model, cfg)
+    try:  # tensors load to the CPU; load_state_dict copies them onto the model's and optimiser's devices
+        loop.load_state_dict(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:  # written before checkpoints named their model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} does not fit this run's model or method ({first}): give this run its own "
+                              "checkpoint folder, or move that one away") from err
+    return path
 
 
 def per_rank_loss(loss: LossConfig, ctx: DistContext) -> LossConfig:
@@ -365,12 +404,9 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
     ctx = init_distributed(device)
     device = ctx.device(device)
     loop = build_loop(model.to(device), Path(root), manifest, spec, cfg, device, ctx)
-    resumed = load_latest(Path(checkpoint_dir)) if checkpoint_dir else None
-    if resumed is not None:
-        # Tensors load to the CPU; load_state_dict copies them onto the model's and optimiser's devices.
-        loop.load_state_dict(resumed[1])
-        if ctx.is_main:
-            log.info("resumed from %s at step %d of %d", resumed[0], loop.step, cfg.steps)
+    resumed = resume(loop, Path(checkpoint_dir), cfg) if checkpoint_dir else None
+    if resumed is not None and ctx.is_main:
+        log.info("resumed from %s at step %d of %d", resumed, loop.step, cfg.steps)
     set_train_mode(loop.task, cfg.freeze_norm_stats)
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
