@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from integrations import udon_pt2_loader
 from integrations.git import git_dirty, git_revision
 from integrations.model_registry import METRICS_ARTIFACT, unavailable
 from integrations.model_uri import is_model_uri, parse_model_uri
-from udon_core.errors import StackError
-from udon_core.model import EmbeddingModel, UdonModel, load_embedding_model
+from udon_core.errors import CheckpointError, StackError
+from udon_core.model import EmbeddingModel, UdonModel, UnsealedModelError, load_embedding_model
 
 # why: logged with the model so `mlflow models serve`/`pyfunc.load_model` can rebuild the environment,
 # and passing them explicitly skips MLflow's slow dependency inference (design.md section 6).
@@ -51,6 +53,40 @@ def preprocessing(model: EmbeddingModel) -> dict[str, Any]:
                       "scale to [0, 1] float32, then (x - mean) / std per channel, layout [B, 3, H, W]"]}
 
 
+class VerifiedPt2Flavor:
+    """What ``mlflow.models.Model.log`` saves the deployable model with: MLflow's pytorch flavor in pt2 format,
+    plus the SHA-256 of ``model.pt2`` and, as the ``python_function`` loader, ``udon_pt2_loader`` (shipped in
+    the model's ``code/``), which checks it before MLflow loads the program."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        import mlflow
+
+        mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model,
+                                  code_paths=[udon_pt2_loader.__file__], **kwargs)
+        udon_pt2_loader.write_digest(Path(path) / mlflow_model.flavors["pytorch"]["model_data"])
+        mlflow_model.flavors["python_function"]["loader_module"] = udon_pt2_loader.__name__.rsplit(".", 1)[-1]
+        mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def pt2_model_arguments(model: EmbeddingModel) -> dict[str, Any]:
+    """The pt2 export of ``model`` as MLflow saves it: an example batch, the tensor signature, pinned
+    requirements and the preprocessing in its metadata."""
+    size = model.config.preprocess.image_size
+    return {"pytorch_model": model.eval(), "input_example": np.zeros((2, 3, size, size), dtype=np.float32),
+            "signature": _signature(model, size), "pip_requirements": PIP_REQUIREMENTS, "serialization_format": "pt2",
+            "metadata": {"preprocess": preprocessing(model), "embedding_dim": model.config.student_dim,
+                         "udon_format": "udon-embedding/1"}}
+
+
+def save_pt2_model(model: EmbeddingModel, path: str | Path) -> Path:
+    """The MLflow model ``register_embedding_model`` logs, saved to a local folder instead (tests, offline copies)."""
+    from mlflow.models import Model
+
+    VerifiedPt2Flavor.save_model(path=str(path), mlflow_model=Model(), **pt2_model_arguments(model))
+    return Path(path)
+
+
 def version_description(model: EmbeddingModel, tags: dict[str, str], verdict: str = "pending") -> str:
     """The registered version's description: what it is, how to feed it, how to use it, the gate's verdict."""
     pre = preprocessing(model)
@@ -61,8 +97,8 @@ def version_description(model: EmbeddingModel, tags: dict[str, str], verdict: st
         f"Input: float32 tensor [B, 3, {pre['image_size']}, {pre['image_size']}], preprocessed as\n{steps}\n"
         f"(mean {pre['mean']}, std {pre['std']}).\n\n"
         "Use: `udon embed IMAGE_DIR --model models:/NAME/VERSION --out e.parquet` (does the preprocessing), "
-        "`mlflow.pytorch.load_model(uri)(batch)`, or `mlflow models serve` with preprocessed tensors "
-        "(README, 'Serving').\n\n"
+        "`mlflow.pyfunc.load_model(uri)` (checks model.pt2 against its SHA-256 first; `.get_raw_model()(batch)` "
+        "is the torch module), or `mlflow models serve` with preprocessed tensors (README, 'Serving').\n\n"
         f"Data: DVC {tags.get('data.dvc_md5', '?')}; code: {tags.get('code.git_commit', '?')}; mean mMP@5 "
         f"{tags.get('metric.mean_mmp_at_5', '?')}, R@1 {tags.get('metric.mean_r_at_1', '?')}.\n\n"
         f"Gate verdict: {verdict}"
@@ -93,8 +129,6 @@ def register_embedding_model(
     if run is None:
         raise StackError("no active MLflow run: the register step needs an MLflow experiment tracker in the stack")
     model = model.eval()
-    size = model.config.preprocess.image_size
-    example = np.zeros((2, 3, size, size), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp)
         mlflow.log_artifacts(tmp, artifact_path="udon_model")
@@ -102,12 +136,10 @@ def register_embedding_model(
         with tempfile.TemporaryDirectory() as tmp:
             training_model.save(tmp)
             mlflow.log_artifacts(tmp, artifact_path="udon_training_model")
-    info = mlflow.pytorch.log_model(
-        model, name="model", input_example=example, signature=_signature(model, size),
-        pip_requirements=PIP_REQUIREMENTS, serialization_format="pt2",
-        metadata={"preprocess": preprocessing(model), "embedding_dim": model.config.student_dim,
-                  "udon_format": "udon-embedding/1"},
-    )
+    # As mlflow.pytorch.log_model, with the digest of model.pt2 and the pyfunc loader that checks it.
+    arguments = pt2_model_arguments(model)
+    info = mlflow.models.Model.log(None, VerifiedPt2Flavor, name="model", metadata=arguments.pop("metadata"),
+                                   **arguments)
     # why: the gate reads the champion's per-domain metrics from its own run; the evaluate step may have
     # been cached and have logged them to an earlier run.
     mlflow.log_dict(metrics, METRICS_ARTIFACT)
@@ -130,8 +162,6 @@ def register_embedding_model(
 
 def load_registered_model(uri: str, tracking_uri: str | None = None) -> EmbeddingModel:
     """A registered or exported model: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a local folder."""
-    from pathlib import Path
-
     if not is_model_uri(uri):
         return load_embedding_model(Path(uri))
     import mlflow
@@ -142,4 +172,13 @@ def load_registered_model(uri: str, tracking_uri: str | None = None) -> Embeddin
     version = parse_model_uri(uri).resolve(MlflowClient())
     with tempfile.TemporaryDirectory() as tmp:  # why: without dst_path MLflow leaves a temp dir behind
         local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="udon_model", dst_path=tmp)
-        return EmbeddingModel.load(Path(local))
+        try:
+            return EmbeddingModel.load(Path(local))
+        except UnsealedModelError as err:
+            raise UnsealedModelError(
+                f"{uri}: registered before model.sha256 covered model.json, so its description cannot be verified; "
+                f"if you trust it, `mlflow artifacts download -r {version.run_id} -a udon_model -d DIR`, "
+                "`udon seal DIR/udon_model` and use that folder, else register the model again") from err
+        except CheckpointError as err:  # name what the user gave, not the temporary copy
+            where = f"{uri} (artifact udon_model of run {version.run_id})"
+            raise CheckpointError(str(err).replace(str(local), where)) from err

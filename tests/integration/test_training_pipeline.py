@@ -58,7 +58,8 @@ def test_pipeline_registers_a_model_traceable_to_its_data(first_run, tiny_repo):
     # The generic pyfunc (what `mlflow models serve` runs) takes an image array, as the signature says.
     import numpy as np
 
-    served = mlflow.pyfunc.load_model(reg["model_uri"])
+    served = mlflow.pyfunc.load_model(reg["model_uri"])  # through udon_pt2_loader: model.pt2 checked first
+    assert served.metadata.flavors["python_function"]["loader_module"] == "udon_pt2_loader"
     assert served.metadata.get_input_schema().inputs[0].shape == (-1, 3, 32, 32)
     vectors = served.predict(np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32))
     assert vectors.shape == (2, 64) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)

@@ -1,6 +1,6 @@
 """Every file that defines a model is covered by a digest checked before it is read: bit-flip sweeps over a
-saved folder (model.json, model.sha256, the weights); folders saved before model.sha256; pretrained and
-teacher weight files that cannot be used."""
+saved folder (model.json, model.sha256, the weights) and the registered MLflow model (model.pt2 and its
+digest); folders saved before model.sha256; pretrained and teacher weight files that cannot be used."""
 
 from __future__ import annotations
 
@@ -217,3 +217,84 @@ def test_a_teacher_of_the_same_architecture_loads_every_tensor_through_timms_fil
     assert bigger.model.pos_embed.shape[1] > reference["pos_embed"].shape[1]
     assert "state_dict" not in bigger.model.pretrained_cfg  # timm's config does not keep a copy of the weights
 
+
+# -- the registered MLflow model: model.pt2 + model.pt2.sha256, checked by the pyfunc loader shipped with it ----
+
+
+@pytest.fixture(scope="module")
+def mlflow_model(tmp_path_factory) -> tuple[Path, EmbeddingModel]:
+    from integrations.mlflow_models import save_pt2_model
+
+    torch.manual_seed(0)
+    model = EmbeddingModel(TINY_MODEL).eval()
+    return save_pt2_model(model, tmp_path_factory.mktemp("mlflow") / "model"), model
+
+
+def _pyfunc_load(folder: Path) -> object:
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(str(folder))
+    except ValueError as err:  # MLflow imports the loader shipped in the model: its own DamagedModelError class
+        assert type(err).__name__ == "DamagedModelError"
+        raise CheckpointError(str(err)) from err
+
+
+def test_the_registered_model_loads_through_its_check_and_answers_as_the_model(mlflow_model):
+    folder, model = mlflow_model
+    pyfunc = _pyfunc_load(folder)
+    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == "udon_pt2_loader"
+    assert (folder / "code" / "udon_pt2_loader.py").is_file()
+    pt2 = folder / "data" / "model.pt2"
+    assert (folder / "data" / "model.pt2.sha256").read_text() == f"{file_sha256(pt2)}  model.pt2\n"  # sha256sum -c
+    images = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(torch.from_numpy(pyfunc.predict(images.numpy())), model(images).detach())
+    torch.testing.assert_close(pyfunc.get_raw_model()(images), model(images).detach())  # the checked torch module
+
+
+def _pt2_positions(pt2: Path) -> tuple[list[int], list[int]]:
+    """Byte offsets inside 12 weight records, and 12 more across the rest (graph, metadata, zip structures)."""
+    import zipfile
+
+    raw = pt2.read_bytes()
+    with zipfile.ZipFile(pt2) as archive:
+        records = [i for i in archive.infolist() if "/weights/weight_" in i.filename and i.file_size >= 256]
+    step = max(1, len(records) // 12)
+    weights = []
+    for info in records[::step][:12]:
+        header = raw[info.header_offset:info.header_offset + 30]  # local file header: name and extra lengths
+        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30],
+                                                                                                   "little")
+        weights.append(start + info.file_size // 2)
+    others = [0, 40, *range(len(raw) - 2000, len(raw), 200)][:12]
+    return weights, others
+
+
+def test_bit_flips_in_the_pt2_weights_and_archive_are_refused_on_load(mlflow_model, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(mlflow_model[0], folder)
+    pt2 = folder / "data" / "model.pt2"
+    weights, others = _pt2_positions(pt2)
+    assert len(weights) == 12
+    attempts, through = _flip_sweep(pt2, lambda: _pyfunc_load(folder), weights + others, bits=(6,))
+    assert attempts == 24 and through == [], through[:5]
+
+
+def test_every_bit_flip_in_the_pt2_digest_and_a_missing_digest_are_refused(mlflow_model, tmp_path):
+    from integrations.udon_pt2_loader import DamagedModelError, verify
+
+    folder = tmp_path / "model"
+    shutil.copytree(mlflow_model[0], folder)
+    digest = folder / "data" / "model.pt2.sha256"
+
+    def check() -> None:
+        try:
+            verify(folder / "data")
+        except DamagedModelError as err:
+            raise CheckpointError(str(err)) from err
+
+    attempts, through = _flip_sweep(digest, check, range(digest.stat().st_size))
+    assert attempts == 8 * digest.stat().st_size and through == [], through[:5]
+    digest.unlink()
+    with pytest.raises(CheckpointError, match="model.pt2.sha256: missing, so model.pt2 cannot be checked"):
+        _pyfunc_load(folder)
