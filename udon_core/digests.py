@@ -51,7 +51,8 @@ def read_digest_file(digest_file: Path, names: Sequence[str]) -> dict[str, str]:
     for number, line in enumerate(text[:-1].split("\n") if text.endswith("\n") else [text], 1):
         m = _LINE.fullmatch(line)
         if m is None or m.group(2) in found:
-            raise CheckpointError(f"{digest_file}: damaged (line {number} is not '<sha256>  <file>', or repeats a file)")
+            raise CheckpointError(f"{digest_file}: damaged (line {number} is not '<sha256>  <file>', or repeats "
+                                  "a file)")
         found[m.group(2)] = m.group(1)
     if sorted(found) != sorted(names):
         raise CheckpointError(f"{digest_file}: damaged (it lists {sorted(found)}, expected {sorted(names)})")

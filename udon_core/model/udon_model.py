@@ -73,7 +73,7 @@ def _parse_sidecar(directory: Path) -> dict:
 
 
 class UnsealedModelError(CheckpointError):
-    """A model folder saved before ``model.sha256`` existed: its weights digest is in its unverifiable ``model.json``."""
+    """A folder saved before ``model.sha256`` existed: its weights digest sits in its unverifiable ``model.json``."""
 
 
 def _unsealed(directory: Path) -> CheckpointError:

@@ -72,8 +72,8 @@ def digest_path(path: Path) -> Path:
 def verify(path: Path) -> None:
     """Raise CheckpointError unless ``path`` matches the SHA-256 written beside it."""
     if not digest_path(path).is_file():
-        raise CheckpointError(f"{path}: no {digest_path(path).name} beside it, so it was never completely written "
-                              "(or was copied without its digest)")
+        raise CheckpointError(f"{path}: no {digest_path(path).name} beside it, so it was never completely "
+                              "written (or was copied without its digest)")
     verify_digest_file(digest_path(path), [path.name])
 
 

@@ -158,8 +158,8 @@ class TrainingLoop:
     def state_dict(self) -> dict[str, Any]:
         # The task's state: the model plus whatever the objective trains or tracks (UNIC's projectors and
         # teacher statistics); frozen teachers leave themselves out.
-        return {"format": CHECKPOINT_FORMAT, "model": model_identity(self.task.model),
-                "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
+        return {"format": CHECKPOINT_FORMAT, "model": model_identity(self.task.model), "task": self.task.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
                 "streams": [s.position for s in self.streams], "step": self.step,
                 "domain_steps": self.domain_steps, "rng": _rng_state(self.device),
                 "best": {"score": self.best_score, "step": self.best_step, "state": self.best_state}}
