@@ -66,7 +66,8 @@ def verify(data_path: str | Path) -> None:
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> Any:
-    """MLflow's pyfunc entry point: verify, then MLflow's pytorch flavor loads the program."""
+    """MLflow's pyfunc entry point: verify, then MLflow's pytorch flavor loads the program (on the CPU unless
+    ``model_config`` or ``MLFLOW_DEFAULT_PREDICTION_DEVICE`` names a device)."""
     try:
         verify(data_path)
     except DamagedModelError as err:
@@ -75,4 +76,9 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
         raise
     from mlflow.pytorch import _load_pyfunc as load_pytorch
 
-    return load_pytorch(data_path, model_config)
+    config = dict(model_config or {})
+    if config.get("device") is None and not os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE"):
+        # why: the program was exported on the CPU and a torch.export program cannot move; left to itself MLflow
+        # picks CUDA on a GPU host and refuses to load it.
+        config["device"] = "cpu"
+    return load_pytorch(data_path, config)

@@ -252,6 +252,14 @@ def test_the_registered_model_loads_through_its_check_and_answers_as_the_model(m
     torch.testing.assert_close(pyfunc.get_raw_model()(images), model(images).detach())  # the checked torch module
 
 
+def test_the_registered_model_loads_on_a_gpu_host_where_its_cpu_program_must_stay(mlflow_model, monkeypatch):
+    folder, model = mlflow_model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # MLflow's pyfunc would pick CUDA here
+    monkeypatch.delenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", raising=False)
+    images = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(torch.from_numpy(_pyfunc_load(folder).predict(images.numpy())), model(images).detach())
+
+
 def _pt2_positions(pt2: Path) -> tuple[list[int], list[int]]:
     """Byte offsets inside 12 weight records, and 12 more across the rest (graph, metadata, zip structures)."""
     import zipfile

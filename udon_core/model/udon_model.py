@@ -91,7 +91,7 @@ def _unsealed(directory: Path) -> CheckpointError:
                            "folder was copied without it; export the model again")
 
 
-def read_verified_sidecar(directory: str | Path) -> dict:
+def _verified_sidecar(directory: str | Path) -> dict:
     """``model.json`` of a saved model folder, after both files matched ``model.sha256``; CheckpointError else.
 
     Nothing in the folder is parsed before the digests match, so a damaged description can neither load
@@ -230,14 +230,14 @@ class UdonModel(nn.Module):
         return {d: self.student_classifiers[d].weight.shape[0] for d in self.domains}
 
     def save(self, directory: str | Path) -> Path:
-        """Every head and classifier (``model.safetensors``) + config and classes (``model.json``)."""
+        """Every head and classifier (``model.safetensors``), config and classes (``model.json``), ``model.sha256``."""
         sidecar = {"format": TRAINING_FORMAT, "config": self.config.model_dump(mode="json"), "classes": self.classes}
         return _write_folder(self, directory, sidecar)
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "UdonModel":
         """Rebuild from the verified sidecar (no weights download) and load the weights strictly."""
-        sidecar = read_verified_sidecar(directory)
+        sidecar = _verified_sidecar(directory)
         _expect_format(directory, sidecar, TRAINING_FORMAT)
         return cls._from_sidecar(directory, sidecar).to(map_location).eval()
 
@@ -268,13 +268,13 @@ class EmbeddingModel(nn.Module):
             return self.student(feats)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``model.json`` (the config that rebuilds it) into ``directory``."""
+        """Write ``model.safetensors`` + ``model.json`` (the config that rebuilds it) + ``model.sha256`` (both)."""
         return _write_folder(self, directory, {"format": EXPORT_FORMAT, "config": self.config.model_dump(mode="json")})
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "EmbeddingModel":
         """Rebuild from the verified sidecar (no weights download) and load the weights strictly."""
-        sidecar = read_verified_sidecar(directory)
+        sidecar = _verified_sidecar(directory)
         _expect_format(directory, sidecar, EXPORT_FORMAT)
         return cls._from_sidecar(directory, sidecar).to(map_location).eval()
 
@@ -287,7 +287,7 @@ class EmbeddingModel(nn.Module):
 
 def load_embedding_model(directory: str | Path, map_location: str = "cpu") -> EmbeddingModel:
     """The deployable model from an exported folder, or from a training-model folder (its student part)."""
-    sidecar = read_verified_sidecar(directory)
+    sidecar = _verified_sidecar(directory)
     if sidecar["format"] == TRAINING_FORMAT:
         return UdonModel._from_sidecar(directory, sidecar).to(map_location).eval().embedding_model()
     return EmbeddingModel._from_sidecar(directory, sidecar).to(map_location).eval()
