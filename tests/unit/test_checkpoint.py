@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import udon_core.training.checkpoint as checkpoint_module
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
 from udon_core.data import num_train_classes, read_manifest, save_benchmark_spec
 from udon_core.digests import file_sha256, write_digest_file
@@ -24,7 +25,6 @@ from udon_core.model import (
     create_teacher,
     load_embedding_model,
 )
-import udon_core.training.checkpoint as checkpoint_module
 from udon_core.training import (
     SamplerConfig,
     TrainConfig,
