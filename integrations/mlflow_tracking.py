@@ -6,22 +6,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from udon_core.overrides import flatten  # noqa: F401  (the shape MLflow params need; steps import it from here)
+
 MetricsCallback = Callable[[dict[str, float], int], None]
 # The MLflow UI opens an experiment in its classic-ML view (runs, metrics, models) with this kind.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 NOT_METRICS = ("domain",)  # the trainer's per-step drawn-domain index: shown on the progress bar, not a metric
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> dotted keys (``{"a": {"b": 1}} -> {"a.b": 1}``), the shape MLflow params need."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def _tracker_active() -> bool:

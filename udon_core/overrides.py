@@ -32,3 +32,15 @@ def parse_override(text: str) -> dict:
     for part in reversed(key.strip().split(".")):
         tree = {part: tree}
     return tree
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> dotted keys (``{"a": {"b": 1}} -> {"a.b": 1}``): the inverse of an override's key path."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -91,3 +91,66 @@ def test_promotion_review_shows_both_models_the_verdict_and_the_provenance():
     assert "regression: b mMP@5 change -0.050 >= -0.020 (FAIL)" in md
     assert "&lt;b&gt;.dir" in review.html and "<b>.dir" not in review.html  # escaped
     assert "data:image/png;base64," in review.html and "Gate verdict: HOLD" in review.html
+
+
+def _report(**domains):
+    per = {d: {"r_at_1": r, "mmp_at_5": m, "n_queries": 10, "n_without_positive": 0} for d, (m, r) in domains.items()}
+    return {"split": "test", "protocol": "merged", "k": 5, "throw_first": False, "per_domain": per}
+
+
+def test_review_deltas_are_computed_from_unrounded_values_like_the_checks():
+    from udon_core.registry import Candidate, promotion_review
+
+    # shown rounded: 0.412 -> 0.414 (+0.002); the gate's change is 0.4136 - 0.4124 = +0.0012 -> "+0.001"
+    champ = Candidate("1", _report(a=(0.4124, 0.5004)))
+    chall = Candidate("2", _report(a=(0.4136, 0.4996)))
+    verdict = judge(chall.metrics, champ.metrics, GatePolicy(), champion_version="1")
+    md = promotion_review(chall, champ, verdict).markdown
+    assert "| a | 0.500 | 0.412 | 0.500 | 0.414 | -0.001 | +0.001 |" in md
+    assert "| regression | a mMP@5 change | 0.001 | -0.020 | pass |" in md
+    assert "| regression | a R@1 change | -0.001 | -0.020 | pass |" in md
+
+
+def test_review_and_its_html_show_what_changed_between_champion_and_challenger():
+    from udon_core.registry import Candidate, changes, promotion_review
+
+    config = {"train": {"steps": 300, "batch_size": 32, "sampler": {"update_every": 50}}, "seed": 0}
+    champ = Candidate("1", _report(a=(0.5, 0.6)), {"data.dvc_md5": "aaa.dir", "code.git_commit": "c1",
+                                                  "data.benchmark": "demo"}, config)
+    chall = Candidate("2", _report(a=(0.5, 0.6)), {"data.dvc_md5": "bbb.dir", "code.git_commit": "c1",
+                                                  "data.benchmark": "demo"},
+                      {"train": {"steps": 50, "batch_size": 32, "sampler": {"update_every": 50}, "lr": 0.1}, "seed": 0})
+    assert changes(chall, champ) == [["data version (DVC md5)", "aaa.dir", "bbb.dir"], ["config train.lr", "-", "0.1"],
+                                     ["config train.steps", "300", "50"]]
+    review = promotion_review(chall, champ, judge(chall.metrics, champ.metrics, GatePolicy(), "1"))
+    assert "## What changed since champion v1\n\n| | champion v1 | challenger v2 |" in review.markdown
+    assert "| config train.steps | 300 | 50 |" in review.markdown and "code (git commit)" not in review.markdown
+    assert "<h2>What changed since champion v1</h2>" in review.html and "<td>config train.steps</td>" in review.html
+    same = Candidate("3", chall.metrics, chall.tags, chall.config)
+    assert "Nothing recorded differs" in promotion_review(same, chall, judge(same.metrics, chall.metrics,
+                                                                               GatePolicy(), "2")).markdown
+    assert changes(chall, None) == [] and "What changed" not in promotion_review(chall, None, judge(
+        chall.metrics, None, GatePolicy())).markdown
+
+
+def test_a_benchmark_is_identified_by_how_it_is_evaluated_not_by_its_training_data():
+    from udon_core.data.benchmark import BenchmarkSpec
+    from udon_core.registry import benchmark_digest
+
+    def spec(name="b", disjoint=True, index="index", classes=None, order=("x", "y")):
+        return BenchmarkSpec.model_validate({"name": name, "domains": [
+            {"name": d, "num_train_classes": classes, "classes_disjoint": disjoint,
+             "evals": {"test": {"query": "query", "index": index}, "val": {"query": "val", "index": "val"}}}
+            for d in order]})
+
+    base = benchmark_digest(spec())
+    assert base == benchmark_digest(spec(classes=40)) == benchmark_digest(spec(order=("y", "x")))  # more data
+    assert len({base, benchmark_digest(spec(name="c")), benchmark_digest(spec(disjoint=False)),
+                benchmark_digest(spec(index="query")), benchmark_digest(spec(order=("x",)))}) == 5
+
+
+def test_a_version_without_a_recorded_config_is_named_once_not_key_by_key():
+    from udon_core.registry import differences
+
+    assert differences({}, {}, {}, {"train": {"steps": 5}}) == [("training config", "not recorded", "recorded")]
+    assert differences({}, {}, {}, {}) == []

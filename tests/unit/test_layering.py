@@ -28,7 +28,7 @@ ALLOWED = {
     "udon_core.evaluation": {BASE, "udon_core.data", "udon_core.model"},
     "udon_core.methods": {BASE, "udon_core.data", "udon_core.model"},
     "udon_core.training": {BASE, "udon_core.data", "udon_core.model", "udon_core.methods", "udon_core.evaluation"},
-    "udon_core.registry": {BASE, "udon_core.evaluation"},
+    "udon_core.registry": {BASE, "udon_core.data", "udon_core.evaluation"},
     "udon_core.train": {"udon_core.training"},
 }
 LIBRARY = set(ALLOWED)

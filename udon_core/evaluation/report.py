@@ -1,7 +1,8 @@
 """Presenting retrieval reports: aligned text, Markdown, side-by-side comparisons and a bar chart.
 
 Tables show the benchmark's figures (``RetrievalReport.rounded``): per-domain values rounded to 3 decimals
-and the mean of those, so every row agrees with what UnED would print; deltas are between shown values.
+and the mean of those, so every row agrees with what UnED would print; deltas are between shown values
+(``exact_deltas``: between unrounded values, as the promotion review shows them beside the gate's checks).
 """
 
 from __future__ import annotations
@@ -28,8 +29,17 @@ def _cell(report: RetrievalReport, domain: str, metric: str) -> float | None:
     return fig["mean"][metric] if domain == "mean" else fig["per_domain"].get(domain, {}).get(metric)
 
 
-def comparison_rows(reports: dict[str, RetrievalReport]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: per report R@1 and mMP@5; with several reports, each later one's deltas to the first."""
+def _exact(report: RetrievalReport, domain: str, metric: str) -> float | None:
+    if domain == "mean":
+        return float(getattr(report, f"mean_{metric}"))
+    m = report.per_domain.get(domain)
+    return None if m is None else float(getattr(m, metric))
+
+
+def comparison_rows(reports: dict[str, RetrievalReport],
+                    exact_deltas: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per report R@1 and mMP@5; with several reports, each later one's deltas to the first
+    (between the shown values; ``exact_deltas``: between the unrounded ones, as a promotion gate compares)."""
     names = list(reports)
     header = ["domain"] + [f"{n} {_label(m, r)}".strip() for n, r in reports.items() for m, _ in METRICS]
     header += [f"delta {n} {_label(m, reports[n])}" if len(names) > 2 else f"delta {_label(m, reports[n])}"
@@ -38,6 +48,8 @@ def comparison_rows(reports: dict[str, RetrievalReport]) -> tuple[list[str], lis
     for d in _domains(reports) + ["mean"]:
         vals = {n: [_cell(r, d, m) for m, _ in METRICS] for n, r in reports.items()}
         row = [d] + ["-" if v is None else f"{v:.3f}" for n in names for v in vals[n]]
+        if exact_deltas:
+            vals = {n: [_exact(r, d, m) for m, _ in METRICS] for n, r in reports.items()}
         for n in names[1:]:
             row += ["-" if a is None or b is None else f"{b - a:+.3f}" for a, b in zip(vals[names[0]], vals[n])]
         rows.append(row)
@@ -114,11 +126,11 @@ def format_table(report: RetrievalReport) -> str:
     return "\n".join([_title(report), *_aligned(header, rows)])
 
 
-def format_markdown(reports: RetrievalReport | dict[str, RetrievalReport]) -> str:
+def format_markdown(reports: RetrievalReport | dict[str, RetrievalReport], exact_deltas: bool = False) -> str:
     """One report, or several side by side with deltas, as a Markdown table (for ZenML and MLflow)."""
     if isinstance(reports, RetrievalReport):
         reports = {"": reports}
-    header, rows = comparison_rows(reports)
+    header, rows = comparison_rows(reports, exact_deltas)
     out = [f"**{_titles(reports)}**", "",
            "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
