@@ -9,6 +9,7 @@ champion       ``champion``        ``production``
 challenger     ``challenger``      ``staging``
 archived       (none)              ``archived`` (a former champion, or rolled back)
 rejected       (none)              (none; tag ``gate.verdict=reject``)
+incomplete     (none)              (none, or ``archived`` if an undone decision had staged it)
 =============  ==================  =================================================
 
 Every promotion and rollback is appended to the registered model's ``udon.promotions`` tag (JSON), which
@@ -19,15 +20,29 @@ transactions), so they run under one exclusive lock per registered model: two ``
 ``udon rollback`` / gate decisions at the same moment take turns instead of leaving two champions or a
 history with a lost event. The lock is a file lock beside a local (sqlite or file) store, or in the
 temporary folder for a remote tracking server: it serialises the processes of one machine, not of several.
+
+A process can die in the middle of such a sequence (kill -9, the OOM killer). Each change is therefore
+journaled: before touching anything it writes an intent (``udon.intent`` on the registered model: the
+standing of every version it touches, before and after, and the history event it will record), and deletes
+it when done. The history event is the commit point. Whoever next takes the lock and finds an intent knows
+its writer died (the lock was free) and repairs exactly: an intent whose event is in the history is rolled
+forward, any other is rolled back, so MLflow and ZenML show the last recorded champion again; a gate
+decision that was rolled back leaves its version ``incomplete`` (never judged, not a candidate).
 """
 
 from __future__ import annotations
 
+import difflib
 import fcntl
 import getpass
 import hashlib
 import json
+import logging
+import os
+import socket
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,23 +53,59 @@ from uuid import UUID
 
 from udon_core.errors import UdonUserError
 
+log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "udon.promotions"
+INTENT_TAG = "udon.intent"
+BENCHMARK_TAG, BENCHMARK_DIGEST_TAG = "udon.benchmark", "udon.benchmark_sha256"
 ZENML_VERSION_TAG = "zenml.model_version_id"
 METRICS_ARTIFACT = "evaluation/trained.json"
+INCOMPLETE = "incomplete"
+# why: an intent written on another machine is outside our file lock; its writer may still be working.
+STALE_INTENT_S = 600
 Standing = Literal["champion", "challenger", "archived", "rejected"]
-_STAGE = {"champion": "production", "challenger": "staging", "archived": "archived"}
+_STATE: dict[str, dict[str, str | None]] = {
+    "champion": {"alias": CHAMPION, "stage": "production"}, "challenger": {"alias": CHALLENGER, "stage": "staging"},
+    "archived": {"alias": None, "stage": "archived"}, "rejected": {"alias": None, "stage": "none"},
+}
+# MLflow's HTTP client retries a refused connection 7 times with exponential backoff (about 4 minutes): right
+# for a long training run riding out a server restart, wrong for a command a person waits on.
+INTERACTIVE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class RegistryError(UdonUserError, ValueError):
     """A registry request that cannot be honoured (unknown version, nothing to roll back to...)."""
 
 
-def unavailable(uri: str, err: Exception) -> RegistryError:
+class UnknownModelError(RegistryError):
+    """The registry answered: no registered model of that name (so, for `retrain`, no champion yet)."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry cannot be asked: unreachable, answering with errors, or its store is gone."""
+
+
+def unavailable(uri: str, err: Exception) -> RegistryUnavailableError:
     """The one sentence for a registry that cannot be reached or answers with an error."""
     detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return RegistryError(f"the MLflow registry at {uri} cannot be used ({detail[:300]}); check that the tracking "
-                         "server is up and the stack's MLflow tracker points at it")
+    return RegistryUnavailableError(f"the MLflow registry at {uri} cannot be used ({detail[:300]}); check that the "
+                                    "tracking server is up and the stack's MLflow tracker points at it")
+
+
+@contextmanager
+def interactive_http() -> Iterator[None]:
+    """MLflow's HTTP retries and timeout bounded to seconds while the block runs (values the user set in the
+    environment win): an unreachable registry is one sentence after ~3 s, not after minutes."""
+    saved = {key: os.environ.get(key) for key in INTERACTIVE_HTTP}
+    for key, value in INTERACTIVE_HTTP.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -78,25 +129,52 @@ class VersionInfo:
         value = self.tags.get("metric.mean_r_at_1")
         return float(value) if value else None
 
+    @property
+    def verdict(self) -> str:
+        return self.tags.get("gate.verdict", "pending")
+
+    def gate_objection(self) -> str | None:
+        """Why promoting this version by hand overrides the gate (None when the gate has no objection: it
+        promoted the version, or held it with every check passed only because review is required)."""
+        reasons = self.tags.get("gate.reasons", "")
+        failed = int(self.tags.get("gate.failed_checks", reasons.count("(FAIL)")))
+        if self.verdict == "promote" or (self.verdict == "hold" and failed == 0):
+            return None
+        if self.verdict in ("hold", "reject"):
+            return f"{self.verdict} ({failed} failed check{'s' * (failed != 1)}: {reasons[:300]})"
+        return f"{self.verdict} (never judged by the gate)"
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _state(info: VersionInfo) -> dict[str, str | None]:
+    return {"alias": next((a for a in (CHAMPION, CHALLENGER) if a in info.aliases), None), "stage": info.stage}
+
+
 class ModelRegistry:
     """The registered model ``name`` in the MLflow registry, and its ZenML model versions' stages."""
 
-    def __init__(self, name: str, tracking_uri: str | None = None) -> None:
-        from mlflow import MlflowClient
+    def __init__(self, name: str, tracking_uri: str | None = None, client: Any = None) -> None:
+        """``tracking_uri`` None: MLflow's current one; ``client``: an ``MlflowClient`` to use instead."""
+        import mlflow
 
         self.name = name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        if client is None:
+            tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+            require_store(tracking_uri)  # before the client: creating one creates a missing sqlite store
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.client = client
+        require_store(self.client.tracking_uri)
         self._lock_path = _lock_path(self.client.tracking_uri, name)
         self._lock_depth = 0
+        self.repaired: list[str] = []  # what this object repaired after a killed process (see the module doc)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold this model's registry lock (re-entrant within this object) for a read-modify-write."""
+        """Hold this model's registry lock (re-entrant within this object) for a read-modify-write; the first
+        acquisition repairs what a killed process left half done."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -109,6 +187,7 @@ class ModelRegistry:
             fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
             self._lock_depth = 1
             try:
+                self._recover()
                 yield
             finally:
                 self._lock_depth = 0
@@ -116,30 +195,66 @@ class ModelRegistry:
 
     # -- reading ---------------------------------------------------------------------------------------------
 
+    def _registered_model(self) -> Any:
+        """MLflow's registered model; an unknown name says which names exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_registered_model(self.name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise UnknownModelError(self._unknown_model()) from err
+            raise unavailable(self.client.tracking_uri, err) from err
+
+    def _unknown_model(self) -> str:
+        names = sorted(m.name for m in self.client.search_registered_models(max_results=1000))
+        close = difflib.get_close_matches(self.name, names, n=3, cutoff=0.6)
+        sentence = f"no registered model '{self.name}' in the MLflow registry at {self.client.tracking_uri}"
+        if close:
+            sentence += "; did you mean " + " or ".join(f"'{n}'" for n in close) + "?"
+        if not names:
+            return sentence + " (no model is registered there yet: run the pipeline first)"
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        return sentence + f" (registered models: {shown})"
+
     def versions(self) -> list[VersionInfo]:
         """Every version, newest first (an unknown model name is an error)."""
         from mlflow.exceptions import MlflowException
 
+        model = self._registered_model()
         try:
-            model = self.client.get_registered_model(self.name)
+            found = self.client.search_model_versions(f"name = '{self.name}'")
         except MlflowException as err:
-            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise RegistryError(f"no registered model '{self.name}' (run the pipeline first)") from err
             raise unavailable(self.client.tracking_uri, err) from err
-        found = self.client.search_model_versions(f"name = '{self.name}'")
         aliases: dict[str, list[str]] = {}
         for alias, version in (model.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
         infos = [self._info(v, tuple(sorted(aliases.get(str(v.version), [])))) for v in found]
         return sorted(infos, key=lambda i: int(i.version), reverse=True)
 
+    def _what_exists(self, infos: list[VersionInfo]) -> str:
+        versions = ", ".join(f"{i.version} ({i.verdict})" for i in sorted(infos, key=lambda i: int(i.version)))
+        aliases = ", ".join(f"{a} -> {i.version}" for i in infos for a in i.aliases)
+        return f"versions: {versions or 'none'}; aliases: {aliases or 'none'}"
+
     def version(self, version: str) -> VersionInfo:
-        """One version; a RegistryError names the versions that exist."""
-        for info in self.versions():
-            if info.version == str(version):
+        """One version; a RegistryError names the versions and aliases that exist."""
+        infos = self.versions()
+        for info in infos:
+            if info.version == str(version).strip():
                 return info
-        known = ", ".join(i.version for i in self.versions()) or "none"
-        raise RegistryError(f"model '{self.name}' has no version {version} (versions: {known})")
+        raise RegistryError(f"model '{self.name}' has no version {version} ({self._what_exists(infos)})")
+
+    def by_alias(self, alias: str) -> VersionInfo:
+        """The version holding ``alias``; a RegistryError names the aliases that exist and the closest one."""
+        infos = self.versions()
+        for info in infos:
+            if alias in info.aliases:
+                return info
+        known = sorted({a for i in infos for a in i.aliases})
+        close = difflib.get_close_matches(alias, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise RegistryError(f"model '{self.name}' has no alias '{alias}'{hint} ({self._what_exists(infos)})")
 
     def champion(self) -> VersionInfo | None:
         """The version holding the ``champion`` alias, if any."""
@@ -159,17 +274,53 @@ class ModelRegistry:
                 raise RegistryError(f"version {version} has no {artifact} in run {info.run_id}") from err
             return Path(local).read_text()
 
+    def training_config(self, version: str) -> dict[str, Any]:
+        """The training configuration recorded with the version (its lineage document); {} when it has none."""
+        from integrations.mlflow_tracking import LINEAGE_ARTIFACT
+
+        try:
+            return json.loads(self.run_text(version, LINEAGE_ARTIFACT)).get("training_config") or {}
+        except RegistryError:
+            return {}
+
     def history(self) -> list[dict[str, str]]:
         """Promotions and rollbacks, oldest first."""
-        tags = self.client.get_registered_model(self.name).tags or {}
-        return json.loads(tags.get(HISTORY_TAG, "[]"))
+        return json.loads((self._registered_model().tags or {}).get(HISTORY_TAG, "[]"))
 
     def _info(self, mv: Any, aliases: tuple[str, ...]) -> VersionInfo:
         tags = dict(mv.tags or {})
         return VersionInfo(str(mv.version), aliases, tags.get("udon.stage", "none"), tags, mv.run_id,
                            datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc))
 
+    def champion_chain(self) -> list[str]:
+        """Champions in order, with rolled-back ones removed: the last is the current champion."""
+        return _chain(self.history())
+
     # -- writing ---------------------------------------------------------------------------------------------
+
+    def bind_benchmark(self, benchmark: str, digest: str) -> None:
+        """Tie the registered model to one benchmark (created here when new): versions of another benchmark are
+        refused, since the gate would compare numbers that mean different things."""
+        from mlflow.exceptions import MlflowException
+
+        tags = {BENCHMARK_TAG: benchmark, BENCHMARK_DIGEST_TAG: digest}
+        try:
+            self.client.create_registered_model(self.name, tags=tags)
+            return
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise unavailable(self.client.tracking_uri, err) from err
+        bound = self._registered_model().tags or {}
+        if BENCHMARK_DIGEST_TAG not in bound:  # registered before models were tied to a benchmark
+            for key, value in tags.items():
+                self.client.set_registered_model_tag(self.name, key, value)
+        elif bound[BENCHMARK_DIGEST_TAG] != digest:
+            raise RegistryError(
+                f"registered model '{self.name}' holds models of benchmark '{bound.get(BENCHMARK_TAG)}' (description "
+                f"sha256 {bound[BENCHMARK_DIGEST_TAG][:12]}); this run's benchmark '{benchmark}' ({digest[:12]}) is "
+                "another, and the gate would compare unlike numbers: register it under a name of its own, e.g. "
+                f"--set registry.model_name={_slug(benchmark)}-embedding (training is cached, only registration "
+                "runs again)")
 
     def set_standing(self, version: str, standing: Standing) -> None:
         """Set the MLflow alias and the ZenML stage of ``version`` together (see the module table).
@@ -178,45 +329,64 @@ class ModelRegistry:
         champion or challenger.
         """
         with self.locked():
-            info = self.version(version)
-            if standing in (CHAMPION, CHALLENGER):
-                holder = next((i for i in self.versions() if standing in i.aliases and i.version != info.version),
-                              None)
-                if holder is not None:
-                    self.client.delete_registered_model_alias(self.name, standing)
-                    self._mark(holder, "archived")
-            for alias in set(info.aliases) & {CHAMPION, CHALLENGER} - {standing}:
-                self.client.delete_registered_model_alias(self.name, alias)
-            if standing in (CHAMPION, CHALLENGER):
-                self.client.set_registered_model_alias(self.name, standing, info.version)
-            self._mark(info, _STAGE.get(standing, "none"))
+            self._transition(self._standing_change(self.version(version), standing))
 
-    def _mark(self, info: VersionInfo, stage: str) -> None:
-        self.client.set_model_version_tag(self.name, info.version, "udon.stage", stage)
-        _set_zenml_stage(info.tags.get(ZENML_VERSION_TAG), stage)
+    def _standing_change(self, info: VersionInfo, standing: Standing) -> dict[str, dict[str, str | None]]:
+        after = {info.version: _STATE[standing]}
+        holder = next((i for i in self.versions() if standing in i.aliases and i.version != info.version), None)
+        if holder is not None:
+            after[holder.version] = _STATE["archived"]
+        return after
 
-    def record_verdict(self, version: str, decision: str, reasons: list[str]) -> None:
-        """Tag the version with the gate's decision and reasons, and say it in its description."""
-        self.client.set_model_version_tag(self.name, version, "gate.verdict", decision)
+    def record_verdict(self, version: str, decision: str, reasons: list[str], failed: int | None = None) -> None:
+        """Tag the version with the gate's decision, reasons and number of failed checks, and say it in its
+        description."""
+        if failed is not None:
+            self.client.set_model_version_tag(self.name, version, "gate.failed_checks", str(failed))
         self.client.set_model_version_tag(self.name, version, "gate.reasons", "; ".join(reasons)[:4900])
+        self.client.set_model_version_tag(self.name, version, "gate.verdict", decision)
         description = self.client.get_model_version(self.name, version).description or ""
         head, _, _ = description.rpartition("Gate verdict:")
         verdict = f"Gate verdict: {decision}\n" + "\n".join(f"- {r}" for r in reasons)
         self.client.update_model_version(self.name, version, description=(head if head else description + "\n\n")
                                          + verdict[:4000])
 
-    def promote(self, version: str, reason: str, actor: str | None = None, action: str = "promote") -> str | None:
-        """Make ``version`` the champion; the former champion is archived. Returns the former champion."""
+    def decide(self, version: str, decision: str, reasons: list[str], failed: int, actor: str) -> None:
+        """Apply the gate's decision: promote makes the version champion (the event in the history), hold makes
+        it the challenger, reject gives it no standing; its verdict is recorded as part of the same journaled
+        change. A verdict on the current champion (a re-run) is recorded without moving anything."""
+        with self.locked():
+            info = self.version(version)
+            verdict = {"decision": decision, "reasons": reasons, "failed": failed}
+            if CHAMPION in info.aliases:
+                self.record_verdict(info.version, decision, reasons, failed)
+            elif decision == "promote":
+                former = self.champion()
+                self._transition(self._standing_change(info, "champion"), verdict=verdict,
+                                 event=self._event("promote", info.version, "; ".join(reasons), actor,
+                                                   former.version if former else None))
+            else:
+                standing: Standing = "challenger" if decision == "hold" else "rejected"
+                self._transition(self._standing_change(info, standing), verdict=verdict)
+
+    def promote(self, version: str, reason: str, actor: str | None = None, action: str = "promote",
+                force: bool = False) -> str | None:
+        """Make ``version`` the champion; the former champion is archived. Returns the former champion.
+
+        A version the gate objected to (held with failed checks, rejected, never judged) needs ``force``; the
+        override is recorded with the promotion (who, when, over which verdict)."""
         with self.locked():
             info = self.version(version)
             if CHAMPION in info.aliases:
                 raise RegistryError(f"version {version} already is the champion")
+            objection = info.gate_objection()
+            if objection and not force:
+                raise RegistryError(f"the gate's verdict on version {info.version} is {objection}; promoting it "
+                                    "overrides the gate: add --force to do so (recorded with your name and reason)")
             former = self.champion()
-            self.set_standing(info.version, "champion")  # archives the former champion in both registries
-            self._append(action, info.version, reason, actor, former.version if former else None)
-            for key, value in {"promoted_by": actor or _actor(), "promoted_at": _now(),
-                               "promotion_reason": reason}.items():
-                self.client.set_model_version_tag(self.name, info.version, f"udon.{key}", value[:4900])
+            event = self._event(action, info.version, reason, actor, former.version if former else None,
+                                override=objection)
+            self._transition(self._standing_change(info, "champion"), event=event)
             return former.version if former else None
 
     def rollback(self, reason: str, actor: str | None = None) -> tuple[str, str]:
@@ -230,27 +400,9 @@ class ModelRegistry:
                 raise RegistryError(f"version {current.version} is the first champion: there is nothing to roll "
                                     "back to")
             restored = chain[-2]
-            self.set_standing(current.version, "archived")
-            self.client.set_model_version_tag(self.name, current.version, "udon.rolled_back", _now())
-            self.set_standing(restored, "champion")
-            self._append("rollback", restored, reason, actor, current.version)
+            after = {current.version: _STATE["archived"], restored: _STATE["champion"]}
+            self._transition(after, event=self._event("rollback", restored, reason, actor, current.version))
             return current.version, restored
-
-    def champion_chain(self) -> list[str]:
-        """Champions in order, with rolled-back ones removed: the last is the current champion."""
-        chain: list[str] = []
-        for event in self.history():
-            if event["action"] == "rollback":
-                chain.pop()
-            else:
-                chain.append(event["version"])
-        return chain
-
-    def _append(self, action: str, version: str, reason: str, actor: str | None, previous: str | None) -> None:
-        event = {"action": action, "version": version, "previous": previous or "", "reason": reason,
-                 "by": actor or _actor(), "at": _now()}
-        self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(self.history() + [event]))
-        _log_zenml_metadata(self.version(version).tags.get(ZENML_VERSION_TAG), {f"udon.{action}": event})
 
     def attach_review(self, version: str, markdown: str, html: str) -> None:
         """The promotion review, as files of the version's MLflow run (``review/``)."""
@@ -259,6 +411,148 @@ class ModelRegistry:
             for name, text in (("promotion_review.md", markdown), ("promotion_review.html", html)):
                 (Path(tmp) / name).write_text(text)
                 self.client.log_artifact(info.run_id, str(Path(tmp) / name), artifact_path="review")
+
+    # -- the journal -----------------------------------------------------------------------------------------
+
+    def _event(self, action: str, version: str, reason: str, actor: str | None, previous: str | None,
+               override: str | None = None) -> dict[str, str]:
+        event = {"id": uuid.uuid4().hex, "action": action, "version": version, "previous": previous or "",
+                 "reason": reason, "by": actor or _actor(), "at": _now()}
+        return {**event, "override": override} if override else event
+
+    def _transition(self, after: dict[str, dict[str, str | None]], event: dict[str, str] | None = None,
+                    verdict: dict[str, Any] | None = None) -> None:
+        """Move the versions in ``after`` to their standings, record ``event`` and the gate's ``verdict`` (on
+        the version the event or the change is about) as one journaled change; the caller holds the lock."""
+        infos = {i.version: i for i in self.versions()}
+        judged = (event or {}).get("version") or next(iter(after))
+        intent = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
+                  "before": {v: _state(infos[v]) for v in after}, "after": after, "event": event,
+                  "judged": judged if verdict else None, "decision": verdict["decision"] if verdict else None}
+        self.client.set_registered_model_tag(self.name, INTENT_TAG, json.dumps(intent))
+        self._apply(after, infos)
+        if event is not None:
+            history = self.history()
+            self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history + [event]))  # commit
+            self._event_tags(event, infos)
+        if verdict is not None:
+            self.record_verdict(judged, verdict["decision"], verdict["reasons"], verdict["failed"])
+        self.client.delete_registered_model_tag(self.name, INTENT_TAG)
+
+    def _apply(self, states: dict[str, dict[str, str | None]], infos: dict[str, VersionInfo]) -> None:
+        """Aliases first (MLflow moves an alias in one call, so the champion never goes missing), then the
+        ``udon.stage`` tags and the ZenML stages."""
+        held = {alias: v for v, info in infos.items() for alias in info.aliases}
+        for alias in (CHAMPION, CHALLENGER):
+            target = next((v for v, s in states.items() if s["alias"] == alias), None)
+            if target is not None and held.get(alias) != target:
+                self.client.set_registered_model_alias(self.name, alias, target)
+            elif target is None and held.get(alias) in states:
+                self.client.delete_registered_model_alias(self.name, alias)
+        for version, state in states.items():
+            stage = str(state["stage"])
+            self.client.set_model_version_tag(self.name, version, "udon.stage", stage)
+            _set_zenml_stage(infos[version].tags.get(ZENML_VERSION_TAG), stage)
+
+    def _event_tags(self, event: dict[str, str], infos: dict[str, VersionInfo]) -> None:
+        """What a committed event leaves on the versions: who promoted or rolled back, when and why."""
+        if event["action"] == "rollback":
+            self.client.set_model_version_tag(self.name, event["previous"], "udon.rolled_back", event["at"])
+        else:
+            tags = {"promoted_by": event["by"], "promoted_at": event["at"], "promotion_reason": event["reason"]}
+            if event.get("override"):
+                tags["gate_override"] = f"{event['by']} at {event['at']} over the verdict {event['override']}"
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.name, event["version"], f"udon.{key}", value[:4900])
+        zenml_id = infos[event["version"]].tags.get(ZENML_VERSION_TAG)
+        _log_zenml_metadata(zenml_id, {f"udon.{event['action']}": {k: v for k, v in event.items() if k != "id"}})
+
+    def _pending(self) -> tuple[dict[str, Any] | None, list[str]]:
+        """(the intent a dead process left or None, the recorded champion when no version holds the alias
+        although the history names one) in one read."""
+        try:
+            model = self._registered_model()
+        except UnknownModelError:
+            return None, []
+        tags = model.tags or {}
+        intent = json.loads(tags[INTENT_TAG]) if INTENT_TAG in tags else None
+        chain = _chain(json.loads(tags.get(HISTORY_TAG, "[]")))
+        return intent, chain[-1:] if chain and CHAMPION not in (model.aliases or {}) else []
+
+    def repair(self) -> list[str]:
+        """Repair what a killed process left half done (a no-op, without taking the lock, when nothing is);
+        returns what was repaired, one line each."""
+        intent, lost = self._pending()
+        if intent is not None or lost:
+            with self.locked():
+                pass  # taking the lock repairs
+        return self.repaired
+
+    def _recover(self) -> None:
+        """Under the lock: finish or undo the journaled change a dead process left (see the module doc)."""
+        intent, lost = self._pending()
+        if intent is None:
+            if lost:  # left so by a killed promotion of an older udon, which had no journal
+                self._transition(self._standing_change(self.version(lost[0]), "champion"))
+                self._note(f"no version held the champion alias: version {lost[0]}, the last recorded champion, "
+                           "has it again")
+            return
+        if intent["host"] != socket.gethostname() and time.time() - intent["at"] < STALE_INTENT_S:
+            raise RegistryError(f"model '{self.name}' is being changed by process {intent['pid']} on host "
+                                f"{intent['host']}; retry in a minute")
+        event = intent.get("event")
+        committed = bool(event) and any(e.get("id") == event["id"] for e in self.history())
+        infos = {i.version: i for i in self.versions()}
+        self._apply(intent["after"] if committed else intent["before"], infos)
+        if committed:
+            self._event_tags(event, infos)
+            if intent.get("judged"):
+                self.record_verdict(intent["judged"], "promote", [event["reason"]])
+        elif intent.get("judged"):
+            self.record_verdict(intent["judged"], INCOMPLETE, [
+                f"the gate's decision ({intent['decision']}) was interrupted before it took effect (process "
+                f"{intent['pid']} died); not a candidate unless promoted by hand"])
+        self.client.delete_registered_model_tag(self.name, INTENT_TAG)
+        what = f"{event['action']} of version {event['version']}" if event else "change of standing"
+        if intent.get("decision"):
+            what = f"gate decision '{intent['decision']}' on version {intent['judged']}"
+        self._note(f"the {what} by process {intent['pid']} was interrupted; "
+                   + ("finished it (it was recorded)" if committed else "undone (it was not recorded)"))
+
+    def _note(self, line: str) -> None:
+        self.repaired.append(line)
+        log.warning("model %s: %s", self.name, line)
+
+
+def _chain(history: list[dict[str, str]]) -> list[str]:
+    chain: list[str] = []
+    for event in history:
+        if event["action"] == "rollback":
+            chain.pop()
+        else:
+            chain.append(event["version"])
+    return chain
+
+
+def require_store(tracking_uri: str) -> None:
+    """A ``sqlite:///`` store whose folder is gone is an error (MLflow would silently create an empty registry
+    there, and every command would then say "no registered model"); other stores are checked when asked."""
+    store = _sqlite_file(tracking_uri)
+    if store is not None and not store.parent.is_dir():
+        raise RegistryUnavailableError(
+            f"the MLflow registry at {tracking_uri} is gone: the folder {store.parent} does not exist; restore it, "
+            "or point the stack's MLflow tracker at the registry that holds your models")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "my-benchmark"
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store (None for any other store)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
 
 
 def _lock_path(tracking_uri: str, name: str) -> Path:
@@ -294,9 +588,13 @@ def _set_zenml_stage(model_version_id: str | None, stage: str) -> None:
         return
     from zenml.client import Client
 
-    if stage == "none":
-        return  # ZenML cannot clear a stage; 'rejected' versions never got one
     client = Client()
     model_version = client.get_model_version(model_version_name_or_number_or_id=UUID(model_version_id))
-    # force: ZenML archives whichever version held the stage; set_standing archived it in MLflow too.
+    if stage == "none":
+        # why: ZenML cannot clear a stage ('none' is a stage only one version may hold); a version that lost
+        # its standing (an interrupted gate decision undone) is archived there instead.
+        if str(model_version.stage) not in ("staging", "production"):
+            return
+        stage = "archived"
+    # force: ZenML archives whichever version held the stage; the caller archives it in MLflow too.
     client.update_model_version(model_version.model.id, model_version.id, stage=stage, force=True)

@@ -1,10 +1,14 @@
-"""``models:/`` URIs of the MLflow registry, parsed in one place: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+"""``models:/`` URIs of the MLflow registry, parsed and resolved in one place: ``models:/NAME/VERSION`` or
+``models:/NAME@ALIAS``. Every command that takes one (`udon evaluate`, `udon embed`, teachers and specialists of
+a training run) resolves it here, so a typo in the name, the version or the alias is the same one sentence
+naming what exists."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from integrations.model_registry import ModelRegistry, VersionInfo
 from udon_core.errors import InvalidValueError
 
 SCHEME = "models:/"
@@ -21,11 +25,13 @@ class ModelUri:
     def __str__(self) -> str:
         return f"{SCHEME}{self.name}@{self.alias}" if self.alias else f"{SCHEME}{self.name}/{self.version}"
 
-    def resolve(self, client: Any) -> Any:
-        """The ``ModelVersion`` this URI names, looked up with an ``MlflowClient``."""
-        if self.alias is not None:
-            return client.get_model_version_by_alias(self.name, self.alias)
-        return client.get_model_version(self.name, self.version)
+    def resolve(self, client: Any) -> VersionInfo:
+        """The registered version this URI names (``.version``, ``.run_id``, ``.tags``), looked up through an
+        ``MlflowClient``'s registry after repairing a promotion a killed process left half done. An unknown
+        name, version or alias is a ``RegistryError`` naming the similar names, the versions and the aliases."""
+        registry = ModelRegistry(self.name, client=client)
+        registry.repair()
+        return registry.by_alias(self.alias) if self.alias is not None else registry.version(str(self.version))
 
 
 def is_model_uri(text: str) -> bool:

@@ -1,7 +1,8 @@
 """The chain behind a registered version, from the registry back to the data, as `udon lineage` prints it.
 
 MLflow version -> MLflow run -> ZenML pipeline run and its steps -> data version (DVC md5, git revision of
-``data.dvc``) -> the validation report -> code version -> the training config -> the gate and promotions.
+``data.dvc``) -> the validation report -> code version -> the training config -> what differs from the
+champion (or, for the champion, from the champion before it) -> the gate and promotions.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from integrations.mlflow_tracking import LINEAGE_ARTIFACT
 from integrations.model_registry import ModelRegistry, RegistryError, VersionInfo
+from udon_core.registry import differences
 
 Section = tuple[str, list[tuple[str, str]]]
 
@@ -67,6 +69,26 @@ def _recorded_sections(doc: dict[str, Any]) -> list[Section]:
     return [("ZenML", steps), ("Validation", items), ("Training config", [config])]
 
 
+def _changes_section(registry: ModelRegistry, info: VersionInfo, config: dict[str, Any]) -> Section | None:
+    """What differs between ``info`` and the champion; for the champion, its predecessor in the history."""
+    against = registry.champion()
+    title = f"Changes against champion v{against.version}" if against else ""
+    if against is not None and against.version == info.version:
+        chain = registry.champion_chain()
+        if len(chain) < 2:
+            return None
+        against, title = registry.version(chain[-2]), f"Changes since v{chain[-2]}, the champion before it"
+    if against is None:
+        return None
+    rows = differences(against.tags, registry.training_config(against.version), info.tags, config)
+    return title, [(what, f"{old} -> {new}") for what, old, new in rows] or [("-", "nothing recorded differs")]
+
+
+def _event_line(event: dict[str, str]) -> str:
+    override = f" over the gate's verdict {event['override']}" if event.get("override") else ""
+    return f"{event['action']} v{event['version']} by {event['by']}{override}: {event['reason']}"
+
+
 def lineage(registry: ModelRegistry, version: str) -> list[Section]:
     """Titled sections of (key, value) lines for ``version`` of ``registry``'s model."""
     info = registry.version(version)
@@ -80,7 +102,7 @@ def lineage(registry: ModelRegistry, version: str) -> list[Section]:
         ("MLflow", [("run", f"{info.run_id} ({run.info.status})"), ("experiment", run.info.experiment_id),
                     ("training curves in run", tags.get("training.mlflow_run_id") or "-"),
                     ("model uri", f"models:/{registry.name}/{info.version}")]),
-        ("Data", [("DVC md5", tags.get("data.dvc_md5", "-")),
+        ("Data", [("benchmark", tags.get("data.benchmark", "-")), ("DVC md5", tags.get("data.dvc_md5", "-")),
                   ("git revision of data.dvc", tags.get("data.dvc_file_git_rev", "-") or "-")]),
         ("Code", [("git commit", tags.get("code.git_commit", "-")), ("dirty tree", tags.get("code.git_dirty", "-"))]),
     ]
@@ -95,7 +117,8 @@ def lineage(registry: ModelRegistry, version: str) -> list[Section]:
         sections.append(("ZenML", [("pipeline run", "not recorded (registered outside the pipeline)")]))
     else:  # versions registered before the lineage document existed
         sections += [_steps_section(zen), _validation_section(zen), _config_section(zen)]
+    if (changes := _changes_section(registry, info, (recorded or {}).get("training_config") or {})) is not None:
+        sections.append(changes)
     events = [e for e in registry.history() if info.version in (e["version"], e.get("previous"))]
-    sections.append(("Promotions", [(e["at"], f"{e['action']} v{e['version']} by {e['by']}: {e['reason']}")
-                                    for e in events] or [("-", "never promoted")]))
+    sections.append(("Promotions", [(e["at"], _event_line(e)) for e in events] or [("-", "never promoted")]))
     return sections

@@ -139,11 +139,27 @@ def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
     params["data"] = data.model_copy(update={"pinned_md5": pin.md5, "pinned_path": pin.path,
                                              "remote": data.remote or dvc_store.remote_url(Path(data.repo))})
     doc["parameters"] = {k: v.model_dump(mode="json") for k, v in params.items()}
+    _pin_uncached_steps(doc, path)
     if state == "missing":
         # why: a cached ingest would skip pulling the data back. ZenML still records this run's cache key,
         # which is the key of every later run with the data present, so those reuse it.
         doc.setdefault("steps", {}).setdefault("data_ingester", {})["enable_cache"] = False
     return doc
+
+
+def _pin_uncached_steps(doc: dict, path: Path) -> None:
+    """Steps that must never be cached get ``enable_cache: false`` of their own, which beats a top-level
+    ``enable_cache: true`` (pipelines/training.py, never_cached); asking to cache one is an error."""
+    from pipelines.training import never_cached
+
+    steps = doc.get("steps") or {}
+    for name in never_cached():
+        step = steps.get(name) or {}
+        if step.get("enable_cache") is True:
+            raise ConfigError(f"{path}: steps.{name}.enable_cache: {name} is never cached (it judges against the "
+                              "current champion, which changes between runs)")
+        steps[name] = {**step, "enable_cache": False}
+    doc["steps"] = steps
 
 
 def place_on_cluster(doc: dict, cluster: ClusterConfig, orchestrator_flavor: str,

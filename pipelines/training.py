@@ -14,6 +14,17 @@ from steps.model_trainer import model_trainer
 from udon_core.training import TrainingJobConfig
 
 MODEL_NAME = "udon-universal-embedding"
+STEPS = (data_ingester, data_validator, model_trainer, model_evaluator, model_registrar, model_promoter)
+
+
+def never_cached() -> tuple[str, ...]:
+    """The steps declared ``enable_cache=False``.
+
+    why a list: ZenML lets a run configuration's top-level ``enable_cache: true`` override every step's own
+    declaration (the run level beats the decorator), and a cached promoter would replay an old verdict against
+    a champion that has since changed; pipelines/run.py pins these steps off in every resolved configuration.
+    """
+    return tuple(s.name for s in STEPS if s.configuration.enable_cache is False)
 
 
 def zenml_model(name: str = MODEL_NAME) -> Model:

@@ -8,14 +8,16 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.types import HTMLString, MarkdownString
 
-from integrations.model_registry import ModelRegistry
+from integrations.model_registry import ModelRegistry, VersionInfo
 from steps.model_registrar import RegistryConfig
 from udon_core.registry import Candidate, judge, promotion_review
 
 GATE_ACTOR = "udon-gate"
 
 
-@step(enable_cache=False)  # the champion it compares against changes between runs
+# Never cached: the champion it compares against changes between runs. A run configuration's top-level
+# `enable_cache: true` overrides this for every step, so pipelines/run.py pins it off per step.
+@step(enable_cache=False)
 def model_promoter(
     registration: dict[str, Any], metrics: dict[str, Any], config: RegistryConfig
 ) -> tuple[
@@ -30,21 +32,24 @@ def model_promoter(
     return document, markdown, html  # why a tuple literal: ZenML reads it from the source to name the outputs
 
 
+def candidate(registry: ModelRegistry, info: VersionInfo, metrics: dict[str, Any] | None = None) -> Candidate:
+    """A version as the review sees it: metrics, provenance tags and the training configuration it recorded."""
+    return Candidate(info.version, metrics if metrics is not None else registry.metrics(info.version), info.tags,
+                     registry.training_config(info.version))
+
+
 def _judge_and_apply(registry: ModelRegistry, registration: dict[str, Any], metrics: dict[str, Any],
                      config: RegistryConfig) -> tuple[dict[str, Any], MarkdownString, HTMLString]:
     version = registry.version(registration["version"])
     champion = registry.champion()
     if champion is not None and champion.version == version.version:
         champion = None if (previous := _previous_champion(registry)) is None else registry.version(previous)
-    rival = Candidate(champion.version, registry.metrics(champion.version), champion.tags) if champion else None
+    rival = candidate(registry, champion) if champion else None
     verdict = judge(metrics, rival.metrics if rival else None, config.gate, rival.version if rival else None)
-    review = promotion_review(Candidate(version.version, metrics, version.tags), rival, verdict)
-    registry.record_verdict(version.version, verdict.decision, verdict.reasons)
-    if verdict.decision == "promote" and "champion" not in version.aliases:
-        registry.promote(version.version, reason="; ".join(verdict.reasons), actor=GATE_ACTOR)
-    elif verdict.decision != "promote":
-        registry.set_standing(version.version, "challenger" if verdict.decision == "hold" else "rejected")
+    review = promotion_review(candidate(registry, version, metrics), rival, verdict)
     registry.attach_review(version.version, review.markdown, review.html)
+    failed = sum(not c.passed for c in verdict.checks)
+    registry.decide(version.version, verdict.decision, verdict.reasons, failed, actor=GATE_ACTOR)
     log_metadata(metadata={"gate": {"decision": verdict.decision, "reasons": verdict.reasons,
                                     "compared_with": verdict.compared_with or ""}}, infer_model=True)
     document = {**verdict.model_dump(mode="json"), "reasons": verdict.reasons, "version": version.version}

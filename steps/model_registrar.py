@@ -12,11 +12,11 @@ from zenml.client import Client
 from integrations.expectations import ValidationReport
 from integrations.mlflow_models import register_embedding_model
 from integrations.mlflow_tracking import log_dataset_input, log_evaluation, log_lineage
-from integrations.model_registry import ZENML_VERSION_TAG
+from integrations.model_registry import ZENML_VERSION_TAG, ModelRegistry
 from steps.data_ingester import DatasetVersion
 from udon_core.evaluation import RetrievalReport, format_markdown
 from udon_core.model import EmbeddingModel, UdonModel
-from udon_core.registry import GatePolicy
+from udon_core.registry import GatePolicy, benchmark_digest
 from udon_core.training import TrainingJobConfig
 
 
@@ -55,14 +55,17 @@ def model_registrar(
     dataset: DatasetVersion, validation: ValidationReport, training: TrainingJobConfig, config: RegistryConfig,
 ) -> Annotated[dict[str, Any], "registration"]:
     """Log the model with its signature, tags, evaluation and lineage to MLflow, register a version, link it
-    to the ZenML model version."""
+    to the ZenML model version. A registered model holds models of one benchmark: another is refused."""
     context = get_step_context()
+    digest = benchmark_digest(dataset.benchmark)
+    ModelRegistry(config.model_name).bind_benchmark(dataset.benchmark.name, digest)  # the step's MLflow registry
     # The version's own run carries its evaluation even when the evaluate step was cached (an earlier run).
     log_evaluation({"trained": metrics}, format_markdown(RetrievalReport.from_dict(metrics)))
     log_lineage(lineage_document(Client().get_pipeline_run(context.pipeline_run.id), validation, training))
     log_dataset_input(dataset.benchmark.name, dataset.root, dataset.dvc_md5)
     registration = register_embedding_model(
         model, config.model_name, metrics=metrics, dataset_tags={
+            "data.benchmark": dataset.benchmark.name, "data.benchmark_sha256": digest,
             "data.dvc_md5": dataset.dvc_md5, "data.dvc_file_git_rev": dataset.dvc_file_git_rev or "",
             "zenml.pipeline_run": str(context.pipeline_run.name), ZENML_VERSION_TAG: str(context.model_version.id),
             "training.mlflow_run_id": str(train_summary.get("mlflow_run_id", "")),

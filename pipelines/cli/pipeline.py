@@ -35,15 +35,29 @@ def run_cmd(config_path: Path, overrides: tuple[str, ...], cluster_path: Path | 
 
 
 def _model(uri: str):
+    """The model a ``--model`` names: a folder, or a ``models:/`` URI resolved in the stack's registry (a
+    typo is one sentence naming what exists; an unreachable registry one sentence after seconds)."""
     from integrations.mlflow_models import load_registered_model
-    from integrations.mlflow_tracking import mlflow_tracking_uri
-    from pipelines.stack import ensure_local_stack
+    from integrations.model_registry import interactive_http, require_store
+    from integrations.model_uri import is_model_uri
+    from pipelines.stack import tracking_uri
 
-    tracking = None
-    if uri.startswith("models:/"):
-        ensure_local_stack()
-        tracking = mlflow_tracking_uri()
-    return load_registered_model(uri, tracking)
+    if not is_model_uri(uri):
+        return load_registered_model(uri)
+    registry = tracking_uri()
+    require_store(registry)
+    with interactive_http():
+        return load_registered_model(uri, registry)
+
+
+def _data_folder(data_dir: Path) -> Path:
+    """``--data``, which must be a folder (one sentence, before any info file is looked for)."""
+    from udon_core.errors import MissingFileError
+
+    if not data_dir.is_dir():
+        raise MissingFileError(f"{data_dir}: no such data folder (--data: a benchmark folder with info_files/ and "
+                               "images/; in this checkout `udon data status` says where the pinned data is)")
+    return data_dir
 
 
 @click.command("evaluate")
@@ -70,9 +84,12 @@ def evaluate_cmd(model_uri: str | None, embeddings_in: Path | None, data_dir: Pa
     try:
         if (model_uri is None) == (embeddings_in is None):
             raise click.UsageError("give exactly one of --model and --embeddings")
+        data_dir = _data_folder(data_dir)
+        # a registered model is resolved before the benchmark is read: a typo in its URI is reported at once
+        model = _model(model_uri) if model_uri is not None and protocol != "oracle-teacher" else None
         spec = resolve_benchmark_spec(benchmark, data_dir)
-        report, embeddings = _score(model_uri, embeddings_in, data_dir, read_manifest(data_dir, spec), spec, split,
-                                    protocol)
+        report, embeddings = _score(model_uri, model, embeddings_in, data_dir, read_manifest(data_dir, spec), spec,
+                                    split, protocol)
         if embeddings_out and embeddings is not None:
             embeddings.save(embeddings_out)
     except USER_ERRORS as err:
@@ -85,7 +102,7 @@ def evaluate_cmd(model_uri: str | None, embeddings_in: Path | None, data_dir: Pa
         click.echo(f"metrics written to {out}")
 
 
-def _score(model_uri, embeddings_in, data_dir, manifest, spec, split, protocol):
+def _score(model_uri, model, embeddings_in, data_dir, manifest, spec, split, protocol):
     """(report, the embeddings it scored or None for oracle teachers) of a model or of saved embeddings."""
     from udon_core.evaluation import EmbeddingSet, embed_split, evaluate_embeddings, evaluate_oracle_teachers
     from udon_core.model import UdonModel
@@ -100,7 +117,7 @@ def _score(model_uri, embeddings_in, data_dir, manifest, spec, split, protocol):
         if embeddings.split != split:
             raise InvalidValueError(f"{embeddings_in} holds the '{embeddings.split}' split, not '{split}' (--split)")
     else:
-        embeddings = embed_split(_model(model_uri), data_dir, manifest, spec, split, source=model_uri)
+        embeddings = embed_split(model, data_dir, manifest, spec, split, source=model_uri)
     return evaluate_embeddings(embeddings.vectors, manifest, spec, split=split, protocol=protocol), embeddings
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -21,14 +23,21 @@ model_option = click.option("--model", "model_name", default=DEFAULT_MODEL, show
                             help="registered model name")
 
 
-def _registry(model_name: str):
-    from integrations.model_registry import ModelRegistry
+@contextmanager
+def _registry(model_name: str) -> Iterator:
+    """The stack's registry for ``model_name``, with MLflow's HTTP retries bounded to seconds (an unreachable
+    server is one sentence, not minutes of retries), after cleaning up what killed processes left: an
+    unfinished `udon run`, a half-done promotion (said on stderr)."""
+    from integrations.model_registry import ModelRegistry, interactive_http
     from pipelines.run_records import close_abandoned_runs, udon_home
     from pipelines.stack import tracking_uri
 
-    uri = tracking_uri()
-    close_abandoned_runs(udon_home(), uri)  # a killed `udon run` leaves nothing 'running'
-    return ModelRegistry(model_name, uri)
+    with interactive_http():
+        registry = ModelRegistry(model_name, tracking_uri())
+        for line in registry.repair():
+            click.echo(f"note: model {model_name}: {line}", err=True)
+        close_abandoned_runs(udon_home(), registry.client.tracking_uri)  # a killed `udon run` leaves no 'running'
+        yield registry
 
 
 def _fmt(value: float | None) -> str:
@@ -47,7 +56,8 @@ def models_cmd(model_name: str, print_uri: bool) -> None:
         click.echo(tracking_uri())
         return
     try:
-        versions = _registry(model_name).versions()
+        with _registry(model_name) as registry:
+            versions = registry.versions()
     except USER_ERRORS as err:
         fail(err)
     rows = [["version", "stage", "aliases", "gate", "mMP@5", "R@1", "data md5", "created (UTC)"]]
@@ -64,17 +74,23 @@ def models_cmd(model_name: str, print_uri: bool) -> None:
 @click.command("promote")
 @click.argument("version")
 @click.option("--reason", required=True, help="why (recorded with your name and the time)")
+@click.option("--force", is_flag=True, help="promote a version the gate held with failed checks, rejected or never "
+              "judged (the override is recorded: who, when, over which verdict)")
 @model_option
-def promote_cmd(version: str, reason: str, model_name: str) -> None:
+def promote_cmd(version: str, reason: str, force: bool, model_name: str) -> None:
     """Approve VERSION after review: it becomes the champion (production); the old champion is archived."""
-    if not reason.strip():
-        fail(ValueError("--reason must say why the version is promoted"))
+    from udon_core.errors import InvalidValueError
+
     try:
-        former = _registry(model_name).promote(version, reason)
+        if not reason.strip():
+            raise InvalidValueError("--reason must say why the version is promoted")
+        with _registry(model_name) as registry:
+            objection = registry.version(version).gate_objection()
+            former = registry.promote(version, reason, force=force)
     except USER_ERRORS as err:
         fail(err)
-    click.echo(f"version {version} is the champion (production)"
-               + (f"; version {former} archived" if former else ""))
+    click.echo(f"version {version} is the champion (production)" + (f"; version {former} archived" if former else "")
+               + (f"; recorded as an override of the gate's verdict {objection}" if objection else ""))
 
 
 @click.command("rollback")
@@ -83,7 +99,8 @@ def promote_cmd(version: str, reason: str, model_name: str) -> None:
 def rollback_cmd(reason: str, model_name: str) -> None:
     """Restore the previous champion; the current one is archived."""
     try:
-        removed, restored = _registry(model_name).rollback(reason)
+        with _registry(model_name) as registry:
+            removed, restored = registry.rollback(reason)
     except USER_ERRORS as err:
         fail(err)
     click.echo(f"version {restored} is the champion again; version {removed} archived")
@@ -97,7 +114,8 @@ def lineage_cmd(version: str, model_name: str) -> None:
     from pipelines.lineage import lineage
 
     try:
-        chain = lineage(_registry(model_name), version)
+        with _registry(model_name) as registry:
+            chain = lineage(registry, version)
     except USER_ERRORS as err:
         fail(err)
     for title, items in chain:
@@ -137,11 +155,14 @@ def retrain_cmd(config_path: Path, if_data_changed: bool, overrides: tuple[str, 
 
 
 def _champion_or_none(model_name: str):
-    from integrations.model_registry import RegistryError
+    """The champion; None only when the registry says the model does not exist yet. An unreachable registry
+    (or a store that is gone) is an error: retraining on "no champion" would be a guess."""
+    from integrations.model_registry import UnknownModelError
 
     try:
-        return _registry(model_name).champion()
-    except RegistryError:  # no registered model yet: the first run has nothing to compare with
+        with _registry(model_name) as registry:
+            return registry.champion()
+    except UnknownModelError:  # no registered model yet: the first run has nothing to compare with
         return None
 
 

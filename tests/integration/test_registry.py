@@ -71,12 +71,24 @@ def test_gate_promotes_the_first_model_and_holds_a_challenger(registry):
     text = reg.run_text("2", "review/promotion_review.md")
     assert "Gate verdict: HOLD" in text and "champion v1" in text and "data.dvc_md5" in text
     assert all(f"- {r}" in text for r in regressions)  # each regressed domain, metric and by how much
+    # what changed: only the number of steps (same data, same code), in the Markdown and in the HTML page
+    assert "## What changed since champion v1" in text and "| config train.steps | 6 | 1 |" in text
+    assert "data version (DVC md5)" not in text
+    assert "<td>config train.steps</td><td>6</td><td>1</td>" in reg.run_text("2", "review/promotion_review.html")
+    # the registered model is tied to the benchmark its versions were trained and evaluated on
+    bound = reg.client.get_registered_model(MODEL).tags
+    assert bound["udon.benchmark"] == v2.tags["data.benchmark"] == "demo"
+    assert bound["udon.benchmark_sha256"] == v2.tags["data.benchmark_sha256"]
 
 
 def test_promote_and_rollback_keep_mlflow_and_zenml_in_step(registry):
     reg, _, _ = registry
-    result = _cli("promote", "2", "--reason", "reviewed: faster to train", "--model", MODEL)
+    refused = _cli("promote", "2", "--reason", "reviewed: faster to train", "--model", MODEL)
+    assert refused.exit_code == 2 and "the gate's verdict on version 2 is hold (" in refused.output
+    assert "add --force" in refused.output and reg.champion().version == "1"
+    result = _cli("promote", "2", "--reason", "reviewed: faster to train", "--force", "--model", MODEL)
     assert result.exit_code == 0, result.output
+    assert "recorded as an override of the gate's verdict hold" in result.output
     assert _standing(reg) == {"2": (("champion",), "production", "production"),
                               "1": ((), "archived", "archived")}
     assert reg.version("2").tags["udon.promotion_reason"] == "reviewed: faster to train"
@@ -108,6 +120,57 @@ def test_models_and_lineage_show_the_chain(registry, tiny_repo):
         assert expected in chain.output, expected
     # read from the lineage document recorded with the version: MLflow only, no ZenML start
     assert json.loads(reg.run_text("1", "lineage.json"))["zenml"]["steps_at_registration"]["model_trainer"]
+    challenger = _cli("lineage", "2", "--model", MODEL)
+    changes = challenger.output.split("Changes against champion v1\n", 1)[1].split("\nPromotions")[0]
+    assert "  config train.steps: 6 -> 1" in changes.splitlines() and "DVC" not in changes  # same data
+    assert "over the gate's verdict hold (" in challenger.output  # the override recorded by the promotion
+
+
+def test_an_identical_rerun_judges_again_instead_of_replaying_a_cached_verdict(registry, tiny_repo):
+    reg, _, cfg = registry
+    again = _run(tiny_repo, cfg / "again.yaml")  # the first run's configuration, top-level enable_cache: true
+    status = {name: s.rsplit(".", 1)[-1] for name, s, _ in again.steps}
+    assert status["model_trainer"] == status["model_registrar"] == "cached"
+    assert status["model_promoter"] == "completed"
+
+
+_KILLED_PROMOTE = """
+import os, signal, sys
+import integrations.model_registry as registry
+
+def die(*args):  # kill -9 when ZenML's stage is about to follow MLflow's alias
+    os.kill(os.getpid(), signal.SIGKILL)
+
+registry._set_zenml_stage = die
+from pipelines.cli import main
+
+sys.argv = ["udon", "promote", sys.argv[1], "--reason", "killed half way", "--force", "--model", sys.argv[2]]
+main()
+"""
+
+
+def test_a_promotion_killed_half_way_is_repaired_by_the_next_command(registry, tmp_path):
+    """kill -9 between MLflow's alias move and ZenML's stage: the next `udon models` puts both back to the last
+    recorded champion."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    reg, _, _ = registry
+    champion, before = reg.champion().version, _standing(reg)
+    other = next(v for v in before if v != champion)
+    script = tmp_path / "killed_promote.py"  # a file: ZenML derives the source root from the main module's path
+    script.write_text(_KILLED_PROMOTE)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script), other, MODEL], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert done.returncode == -9, done.stderr[-3000:]
+    assert reg.champion() is None or reg.champion().version != champion or _standing(reg) != before
+    listing = _cli("models", "--model", MODEL)
+    assert listing.exit_code == 0, listing.output
+    assert f"promote of version {other} by process" in listing.output and "undone" in listing.output
+    assert _standing(reg) == before and reg.champion().version == reg.champion_chain()[-1] == champion
 
 
 def test_retrain_runs_only_when_the_data_changed(registry, tiny_repo):
