@@ -415,7 +415,6 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
     with _determinism(cfg.deterministic), bar:
         while loop.step < cfg.steps:
             raw = train_step(loop, cfg)
-            bar.update(1)
             score = _maybe_validate(loop, validate, validate_every, final=loop.step == cfg.steps)
             if loop.step % cfg.log_every == 0 or score is not None or loop.step == cfg.steps:
                 metrics = _to_floats(raw, loop.sampler, loop.task.domains)
@@ -425,6 +424,9 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", domain=loop.task.domains[int(metrics['domain'])])
                 if callback is not None:
                     callback(metrics, loop.step)
+            # why after the postfix: a line printed at this step shows this step's logged loss, so the last
+            # line and the run summary's final loss are the same number (not the previous log's)
+            bar.update(1)
             due = loop.step % cfg.checkpoint_every == 0 or loop.step == cfg.steps
             if checkpoint_dir is not None and ctx.is_main and due:
                 save_checkpoint(Path(checkpoint_dir), loop.step, loop.state_dict())
