@@ -7,6 +7,7 @@ with its own config folder, so the client of this machine sees it as a server, n
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -25,6 +26,7 @@ from udon_core.errors import StackError
 HOST = "127.0.0.1"
 STARTUP_SECONDS = 120.0
 Auth = Literal["none", "password"]
+SURVEY_DONE = "finished_onboarding_survey"  # zenml.constants.FINISHED_ONBOARDING_SURVEY_KEY
 
 
 @dataclass
@@ -64,26 +66,66 @@ def embedded_store_url(store_url: str) -> str:
     return store_url
 
 
-def server_env(store_url: str, state: Path, auth: Auth) -> dict[str, str]:
+def server_env(store_url: str, state: Path, auth: Auth, local_stores: Path | None = None) -> dict[str, str]:
     """The server process's environment: its store, its own config folder, and how clients sign in.
 
-    ``auth='none'`` is ZenML's own choice for a local dashboard (one user, loopback only); ``'password'`` is
-    the default user with an empty password, which a ZenML client can log in with as to any server.
+    ``auth='none'`` is the local dashboard, with the settings ZenML's own local server (`zenml login --local`,
+    zenml/zen_server/deploy/daemon/daemon_zen_server.py) runs with: no login (one user, loopback only), the
+    ``local`` deployment type, and leave to read the local artifact store, without which every artifact
+    visualization and step log says "Files in a local artifact store cannot be accessed from the server".
+    ``local_stores`` is the client's folder of local stores: a local artifact store without an explicit path
+    lives there, and the server, with a config folder of its own, would look for it in that folder instead.
+    ``'password'`` is the default user with an empty password, which a ZenML client can log in with as to any
+    server (the Kubeflow render's throwaway server, which reads no artifact).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZENML_STORE_")}
     env.update(
         ZENML_CONFIG_PATH=str(state / "config"), ZENML_STORE_URL=store_url, ZENML_SERVER="true",
-        ZENML_SERVER_DEPLOYMENT_TYPE="other", ZENML_SERVER_AUTO_ACTIVATE="true",
-        ZENML_SERVER_AUTH_SCHEME="NO_AUTH" if auth == "none" else "OAUTH2_PASSWORD_BEARER",
-        ZENML_DEFAULT_USER_NAME="default", ZENML_DEFAULT_USER_PASSWORD="",
+        ZENML_SERVER_AUTO_ACTIVATE="true", ZENML_DEFAULT_USER_NAME="default", ZENML_DEFAULT_USER_PASSWORD="",
         ZENML_SERVER_JWT_SECRET_KEY=secrets.token_hex(32), ZENML_ANALYTICS_OPT_IN="false",
         ZENML_ENABLE_RICH_TRACEBACK="false",
     )
+    if auth == "none":
+        env.update(ZENML_SERVER_AUTH_SCHEME="NO_AUTH", ZENML_SERVER_DEPLOYMENT_TYPE="local",
+                   ZENML_SERVER_ALLOW_LOCAL_FILE_ACCESS="true")
+    else:
+        env.update(ZENML_SERVER_AUTH_SCHEME="OAUTH2_PASSWORD_BEARER", ZENML_SERVER_DEPLOYMENT_TYPE="other")
+    if local_stores is not None:
+        env["ZENML_LOCAL_STORES_PATH"] = str(local_stores)
     return env
 
 
-def start_server(store_url: str, state: Path, *, port: int | None = None, auth: Auth = "none") -> ZenServer:
-    """Start a server on ``store_url`` at 127.0.0.1 and wait until ``/health`` answers."""
+def settle_local_dashboard(url: str) -> None:
+    """Take the first-visit gates off a local dashboard, through ZenML's own REST API (the server has no login).
+
+    The dashboard sends a new user to a sign-up form and survey until that user has answered whether ZenML
+    may e-mail them (``email_opted_in``) and finished the survey (the ``finished_onboarding_survey`` key the
+    form itself writes to ``user_metadata``); this records "no e-mail", as `zenml init` does when its e-mail
+    prompt is left empty. Announcements and update notices are switched off (server settings): the dashboard
+    would fetch them from the internet. Both are written once, to this project's own store.
+    """
+    settings = _api(url, "GET", "/settings")["body"]
+    if settings.get("display_announcements") or settings.get("display_updates"):
+        _api(url, "PUT", "/settings", {"display_announcements": False, "display_updates": False})
+    user = _api(url, "GET", "/current-user?hydrate=true")
+    meta = (user.get("metadata") or {}).get("user_metadata") or {}
+    if user["body"].get("email_opted_in") is None or not meta.get(SURVEY_DONE):
+        _api(url, "PUT", "/current-user",  # why not /users/{id}: ZenML 0.98 drops email_opted_in there
+             {"email_opted_in": bool(user["body"].get("email_opted_in")), "user_metadata": {**meta, SURVEY_DONE: True}})
+
+
+def _api(url: str, method: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/api/v1{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def start_server(store_url: str, state: Path, *, port: int | None = None, auth: Auth = "none",
+                 local_stores: Path | None = None) -> ZenServer:
+    """Start a server on ``store_url`` at 127.0.0.1, wait until ``/health`` answers and, for the local dashboard
+    (``auth="none"``), take its first-visit gates off."""
     try:
         import uvicorn  # noqa: F401  # the server extra (zenml[server]) brings it
         import zenml.zen_server  # noqa: F401
@@ -95,7 +137,7 @@ def start_server(store_url: str, state: Path, *, port: int | None = None, auth: 
     cmd = [sys.executable, "-m", "uvicorn", "zenml.zen_server.zen_server_api:app", "--host", HOST,
            "--port", str(port), "--log-level", "warning"]
     with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, env=server_env(store_url, state, auth), stdout=out,
+        process = subprocess.Popen(cmd, env=server_env(store_url, state, auth, local_stores), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = ZenServer(f"http://{HOST}:{port}", process, log)
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -106,11 +148,20 @@ def start_server(store_url: str, state: Path, *, port: int | None = None, auth: 
         try:
             with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
                 if resp.status == 200:
-                    return server
+                    break
         except OSError:
             time.sleep(0.5)
-    server.stop()
-    raise StackError(f"the ZenML server did not answer on {server.url} within {STARTUP_SECONDS:.0f} s (log: {log})")
+    else:
+        server.stop()
+        raise StackError(f"the ZenML server did not answer on {server.url} within {STARTUP_SECONDS:.0f} s (log: {log})")
+    if auth == "none":
+        try:
+            settle_local_dashboard(server.url)
+        except OSError as err:
+            server.stop()
+            raise StackError(f"the ZenML server at {server.url} refused the local dashboard's settings: {err} "
+                             f"(log: {log})") from err
+    return server
 
 
 @contextmanager

@@ -1,10 +1,12 @@
-"""`udon dashboard`: the ZenML dashboard over this project's runs (DAGs, step logs, artifacts and their
-visualizations, the model's versions), served from the embedded store on 127.0.0.1."""
+"""`udon dashboard`: the open-source ZenML dashboard over this project's runs (DAGs, step logs, artifacts and
+their visualizations), served from the embedded store on 127.0.0.1. Its Models and Artifacts tabs are ZenML Pro
+pages: models are reviewed in the MLflow UI and with `udon models` / `udon lineage`."""
 
 from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 import click
 
@@ -23,8 +25,9 @@ def dashboard_cmd(port: int) -> None:
     from pipelines.zen_server import embedded_store_url, start_server
 
     try:
-        store = embedded_store_url(GlobalConfiguration().store_configuration.url)
-        server = start_server(store, udon_home() / "dashboard", port=port)
+        config = GlobalConfiguration()
+        store = embedded_store_url(config.store_configuration.url)
+        server = start_server(store, udon_home() / "dashboard", port=port, local_stores=Path(config.local_stores_path))
     except USER_ERRORS as err:
         fail(err)
     # why our own handlers: Ctrl-C or a SIGTERM (a service manager) must stop the server whichever handler an
@@ -32,7 +35,8 @@ def dashboard_cmd(port: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"ZenML dashboard: {server.url}  (runs, DAGs, artifacts of {store}); Ctrl-C stops it")
+    click.echo(f"ZenML dashboard: {server.url}  (runs, DAGs, artifact visualizations, step logs of {store}); "
+               "Ctrl-C stops it")
     try:
         while not stop.wait(0.5) and server.process.poll() is None:
             pass

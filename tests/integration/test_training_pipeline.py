@@ -305,6 +305,7 @@ def test_the_dashboard_serves_the_embedded_store_runs_on_loopback(first_run):
         assert [r["name"] for r in runs] == [outcome.run_name]
         with urllib.request.urlopen(f"{base}/", timeout=10) as resp:  # the dashboard's single-page app
             assert b"<html" in resp.read().lower()
+        _check_what_the_dashboard_shows(f"{base}/api/v1", outcome)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -316,3 +317,32 @@ def test_the_dashboard_serves_the_embedded_store_runs_on_loopback(first_run):
     assert proc.returncode == 0 and "stopping the dashboard" in rest, rest
     with socket.socket() as probe:  # the server went with it: nothing listens on the port any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _check_what_the_dashboard_shows(api: str, outcome) -> None:
+    """The REST calls the dashboard's pages make: the validation page's visualization and a step's log come back
+    with their content (not "Files in a local artifact store cannot be accessed from the server"), and the
+    first visit is not sent to the sign-up survey."""
+    import re
+    import urllib.request
+    from pathlib import Path
+
+    def get(path: str):
+        with urllib.request.urlopen(f"{api}{path}", timeout=60) as resp:
+            return json.loads(resp.read())
+
+    run = get(f"/runs?name={outcome.run_name}")["items"][0]
+    steps = {s["name"]: s["id"] for s in get(f"/steps?pipeline_run_id={run['id']}&size=50")["items"]}
+    validator = get(f"/steps/{steps['data_validator']}?hydrate=true")
+    page = get(f"/artifact_versions/{validator['resources']['outputs']['validation_page'][0]['id']}?hydrate=true")
+    shown = get(f"/artifact_versions/{page['id']}/visualize?index=0")
+    stored = Path(page["metadata"]["visualizations"][0]["body"]["uri"]).read_text()
+    assert shown == {"type": "html", "value": stored} and "passed" in stored
+    log = [entry["message"] for entry in get(f"/steps/{steps['model_trainer']}/logs?source=step")]
+    final = f"{outcome.train_summary['last']['loss/total']:.3f}"  # what the run summary calls the final loss
+    assert any(re.fullmatch(rf"train: 6/6 \(100%\) \d+s loss={final} domain=\w+", line) for line in log), log
+    user = get("/current-user?hydrate=true")  # the dashboard's survey gate: unanswered e-mail or survey
+    assert user["body"]["email_opted_in"] is False
+    assert user["metadata"]["user_metadata"]["finished_onboarding_survey"] is True
+    settings = get("/settings")["body"]  # nothing fetched from the internet for announcements and updates
+    assert settings["display_announcements"] is False and settings["display_updates"] is False
