@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -23,8 +24,11 @@ from pathlib import Path
 
 import psutil
 
+from udon_core.errors import StackError
+
 log = logging.getLogger(__name__)
 PENDING, INCOMPLETE = "pending", "incomplete"
+PROJECT = "udon-pipeline"  # the name in the checkout's pyproject.toml
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,27 @@ class RunRecord:
 
 
 def udon_home() -> Path:
-    """Where udon keeps run files: $UDON_HOME, else ~/.udon."""
-    return Path(os.environ.get("UDON_HOME") or Path.home() / ".udon")
+    """Where every tool keeps this project's state: $UDON_HOME, else ``.udon`` in the udon-pipeline checkout that
+    holds the working directory. Never the home directory: outside a checkout without $UDON_HOME it is an error."""
+    if os.environ.get("UDON_HOME"):
+        return Path(os.environ["UDON_HOME"]).expanduser().absolute()
+    checkout = find_checkout(Path.cwd())
+    if checkout is None:
+        raise StackError(f"{Path.cwd()} is not inside an {PROJECT} checkout and UDON_HOME is not set: run udon inside "
+                         "the checkout (its state is the checkout's .udon) or set UDON_HOME to a folder for it")
+    return checkout / ".udon"
+
+
+def find_checkout(start: Path) -> Path | None:
+    """The folder holding ``start`` (or ``start`` itself) whose pyproject.toml names this project, if any."""
+    for folder in (start, *start.parents):
+        try:
+            project = tomllib.loads((folder / "pyproject.toml").read_text()).get("project", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(project, dict) and project.get("name") == PROJECT:
+            return folder
+    return None
 
 
 def records_dir(home: Path) -> Path:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 import click
 
-from pipelines.cli.common import debugging, project_home_env
+from pipelines.cli.common import USER_ERRORS, debugging, fail, project_home_env
 from pipelines.cli.dashboard import dashboard_cmd
 from pipelines.cli.data import data
 from pipelines.cli.k8s import k8s
@@ -42,6 +43,10 @@ for command in (run_cmd, evaluate_cmd, embed_cmd, seal_cmd, data, dashboard_cmd,
 
 def main() -> None:
     """The `udon` console script."""
-    project_home_env()
+    try:
+        project_home_env()
+    except USER_ERRORS as err:
+        if len(sys.argv) > 1 and "--help" not in sys.argv[1:]:  # help needs no state; every command does
+            fail(err)
     cli()
 
