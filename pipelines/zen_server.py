@@ -71,7 +71,7 @@ def server_env(store_url: str, state: Path, auth: Auth, local_stores: Path | Non
 
     ``auth='none'`` is the local dashboard, with the settings ZenML's own local server (`zenml login --local`,
     zenml/zen_server/deploy/daemon/daemon_zen_server.py) runs with: no login (one user, loopback only), the
-    ``local`` deployment type, and leave to read the local artifact store, without which every artifact
+    ``local`` deployment type, and permission to read the local artifact store, without which every artifact
     visualization and step log says "Files in a local artifact store cannot be accessed from the server".
     ``local_stores`` is the client's folder of local stores: a local artifact store without an explicit path
     lives there, and the server, with a config folder of its own, would look for it in that folder instead.

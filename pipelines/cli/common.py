@@ -128,7 +128,7 @@ def _step_result(step: str, outcome) -> str:
 def _final_loss(summary: dict) -> str:
     """The last step's batch loss and its domain: what the last `train:` progress line shows."""
     last, domains = summary["last"], list(summary["domain_steps"])
-    domain = f", a {domains[int(last['domain'])]} batch" if "domain" in last else ""
+    domain = f", domain {domains[int(last['domain'])]}" if "domain" in last else ""
     loss = last.get("loss/total", float("nan"))
     return f"{summary['steps']} steps, final loss {loss:.3f} (step {summary['steps']}{domain})"
 

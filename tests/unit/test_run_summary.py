@@ -13,7 +13,7 @@ URI = "sqlite:////work/x/.udon/mlflow.db"
 def test_the_final_loss_is_the_last_steps_batch_loss_with_its_domain():
     summary = {"steps": 300, "domain_steps": {"emoji": 90, "glyphs": 110, "animals": 100},
                "last": {"loss/total": 1.65449, "domain": 1.0}}
-    assert _final_loss(summary) == "300 steps, final loss 1.654 (step 300, a glyphs batch)"
+    assert _final_loss(summary) == "300 steps, final loss 1.654 (step 300, domain glyphs)"
 
 
 def test_under_make_the_next_commands_are_make_targets(monkeypatch):
