@@ -20,7 +20,7 @@ import pytest
 
 from tests.byob import write_benchmark
 from tests.integration.conftest import tiny_run_config
-from tests.readme_blocks import BLOCKS, CHECKOUT, RUN, ROOT, blocks
+from tests.readme_blocks import BLOCKS, CHECKOUT, ROOT, RUN, blocks
 
 pytestmark = pytest.mark.slow
 VENV = Path(sys.prefix)
