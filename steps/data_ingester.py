@@ -12,14 +12,7 @@ from zenml import log_metadata, step
 
 from integrations import dvc_store
 from integrations.git import git_revision
-from udon_core.data import (
-    BenchmarkSpec,
-    InfoFileProblem,
-    classes_source,
-    num_train_classes,
-    read_manifest,
-    resolve_benchmark_spec,
-)
+from udon_core.data import BenchmarkSpec, read_benchmark
 
 
 class DataConfig(BaseModel):
@@ -99,20 +92,14 @@ def data_ingester(config: DataConfig) -> tuple[Annotated[pd.DataFrame, "manifest
     else:  # a step pod of a remote orchestrator: no repository here, the runner recorded the pin and the remote
         target, md5, rev, cache = _fetch(config), str(config.pinned_md5), None, None
         how = "fetched"
-    spec = resolve_benchmark_spec(config.benchmark, target)
-    if config.domains:
-        spec = spec.restrict(config.domains)
-    problems: list[InfoFileProblem] = []
-    # why collect: every info-file defect is reported in one validation report, not one per run.
-    manifest = read_manifest(target, spec, problems)
-    trained = {d.name for d in spec.domains if ((manifest["domain"] == d.name) & (manifest["split"] == d.train)).any()}
-    classes = num_train_classes(manifest, spec.restrict([d for d in spec.domain_names if d in trained])) \
-        if trained else {}
+    # why collect: every info-file defect is reported in one validation report, not one per run; files are
+    # read only inside the folder (and the DVC cache its links point into).
+    data = read_benchmark(target, config.benchmark, config.domains, link_roots=(Path(cache),) if cache else ())
+    spec, manifest = data.spec, data.manifest
     dataset = DatasetVersion(
         root=str(target), benchmark=spec, dvc_md5=md5, dvc_file=config.dvc_file, dvc_file_git_rev=rev,
-        classes=classes, num_images=len(manifest),
-        classes_source={d: classes_source(spec, d) for d in classes},
-        info_file_problems=[asdict(p) for p in problems],
+        classes=data.classes, num_images=len(manifest), classes_source=data.classes_source,
+        info_file_problems=[asdict(p) for p in data.problems],
         dvc_cache=cache, dvc_path=config.pinned_path, dvc_remote=config.remote,
     )
     log_metadata(

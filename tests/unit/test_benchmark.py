@@ -32,7 +32,7 @@ def test_met_validates_against_its_small_index_and_overlaps_train_by_design():
 def test_unknown_domain_and_duplicates_are_clear_errors():
     with pytest.raises(KeyError, match="no domain 'cats'.*food2k"):
         UNED.domain("cats")
-    d = DomainSpec(name="a", evals={})
+    d = DomainSpec(name="a", evals={"test": EvalSet(query="test", index="test")})
     with pytest.raises(ValueError, match=r"lists domain\(s\) \['a'\] more than once"):
         BenchmarkSpec(name="x", domains=(d, d))
 
@@ -52,3 +52,104 @@ def test_resolve_builtin_auto_and_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"name": "x"}')
     with pytest.raises(ValueError, match="bad.json: not a valid benchmark description"):
         resolve_benchmark_spec(str(tmp_path / "bad.json"))
+
+
+# ---- strict types, names that cannot leave the folder, sane bounds (issue #25) ---------------------------
+
+def _description(tmp_path, change) -> str:
+    """The error sentence for the two-domain description of tests/byob.py with ``change`` applied."""
+    import copy
+    import json
+
+    from tests.byob import DESCRIPTION
+    from udon_core.errors import UdonUserError
+
+    doc = copy.deepcopy(DESCRIPTION)
+    change(doc)
+    (tmp_path / "benchmark.json").write_text(json.dumps(doc))
+    with pytest.raises(UdonUserError) as err:
+        resolve_benchmark_spec("auto", tmp_path)
+    return str(err.value)
+
+
+def _art(key, value):
+    return lambda doc: doc["domains"][1].update({key: value})
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("3", '"3" (a string)'), (3.0, "3.0 (a number with a fraction or exponent)"), (True, "true (a boolean)"),
+    (10**12, "1,000,000,000,000"), (0, "got 0"), (-3, "got -3"), (None, None),
+])
+def test_class_counts_are_whole_numbers_within_bounds(tmp_path, value, shown):
+    if value is None:  # absent or null: inferred from the data
+        assert _art_spec(tmp_path, None).domain("art").num_train_classes is None
+        return
+    message = _description(tmp_path, _art("num_train_classes", value))
+    assert "domains[1].num_train_classes: must be a whole number from 1 to 1,000,000" in message and shown in message
+
+
+def _art_spec(tmp_path, value):
+    import json
+
+    from tests.byob import DESCRIPTION
+
+    doc = json.loads(json.dumps(DESCRIPTION))
+    doc["domains"][1]["num_train_classes"] = value
+    (tmp_path / "benchmark.json").write_text(json.dumps(doc))
+    return resolve_benchmark_spec("auto", tmp_path)
+
+
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None])
+def test_classes_disjoint_is_a_json_boolean(tmp_path, value):
+    # "no" read as false would silently switch the leak check off
+    message = _description(tmp_path, lambda doc: doc["domains"][0].update(classes_disjoint=value))
+    assert "domains[0].classes_disjoint: must be true or false" in message
+
+
+@pytest.mark.parametrize("name", ["", 'a"rt', "my art", "../../outside", "/abs/art", "a\u0000rt", "ärt", "1art",
+                                  "a" * 65])
+def test_domain_names_are_identifiers(tmp_path, name):
+    message = _description(tmp_path, _art("name", name))
+    assert "domains[1].name: must be an identifier" in message
+
+
+@pytest.mark.parametrize("stem", ["../../../outside/train", "/abs/train", "a/b", ".hidden", "tr\u0000ain", "", "x" * 65])
+def test_split_stems_are_plain_names(tmp_path, stem):
+    assert "domains[0].train: must be a plain name" in _description(tmp_path, lambda d: d["domains"][0].update(train=stem))
+    message = _description(tmp_path, lambda d: d["domains"][0]["evals"]["test"].update(index=stem))
+    assert "domains[0].evals.test.index: must be a plain name" in message
+    message = _description(tmp_path, lambda d: d["domains"][0]["evals"].update({stem: {"query": "val", "index": "val"}}))
+    assert "domains[0].evals: split name must be a plain name" in message
+
+
+def test_queries_cannot_be_the_training_file_and_every_domain_is_evaluated(tmp_path):
+    message = _description(tmp_path, _art("evals", {"test": {"query": "train", "index": "train"}}))
+    assert "domains[1].evals: test.query is the training file 'train'" in message
+    assert "domains[1].evals: names no evaluation split" in _description(tmp_path, _art("evals", {}))
+    # an index that *is* the train file is UnED's Met protocol: fine
+    assert UNED.domain("met").evals["test"].index == "train"
+
+
+def test_every_wrong_field_is_named_in_one_sentence(tmp_path):
+    def change(doc):
+        doc["domains"][1].update(num_train_classes="3", classes_disjoint="no")
+        doc["domains"][0]["name"] = "my shop"
+    message = _description(tmp_path, change)
+    assert message.count("\n") == 0 and message.startswith(f"{tmp_path / 'benchmark.json'}: not a valid benchmark")
+    for field in ("domains[0].name", "domains[1].num_train_classes", "domains[1].classes_disjoint"):
+        assert field in message
+
+
+def test_a_description_linked_out_of_the_folder_is_not_opened(tmp_path):
+    from tests.hostile import OpenedOutside
+    from udon_core.errors import UdonUserError
+
+    (tmp_path / "outside").mkdir()
+    save_benchmark_spec(DEMO, tmp_path / "outside")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "benchmark.json").symlink_to(tmp_path / "outside" / "benchmark.json")
+    with OpenedOutside(tmp_path / "data", tmp_path) as opened, pytest.raises(UdonUserError, match="leaves the data root"):
+        resolve_benchmark_spec("auto", tmp_path / "data")
+    assert opened.files == []
+    # a link into a link root (DVC's cache.type symlink) is the folder's own file
+    assert resolve_benchmark_spec("auto", tmp_path / "data", link_roots=[tmp_path / "outside"]) == DEMO

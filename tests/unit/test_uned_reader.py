@@ -143,3 +143,77 @@ def test_missing_info_file_is_named(tmp_path):
     info_file_path(tmp_path, "shop", "index").unlink()
     with pytest.raises(InfoFileError, match=r"shop/index.json: info file not found"):
         read_manifest(tmp_path, spec)
+
+
+# ---- the containment rule and malformed files as findings (issue #25) ------------------------------------
+
+@pytest.mark.parametrize("link, target", [
+    ("info_files/shop/train.json", "outside/train.json"),  # an info file linked out
+    ("info_files/shop", "outside/shop"),                   # an info folder linked out
+    ("info_files", "outside"),                             # info_files/ itself linked out
+])
+def test_info_files_that_resolve_outside_the_folder_are_problems_and_never_opened(tmp_path, link, target):
+    from tests.hostile import OpenedOutside
+
+    root = tmp_path / "data"
+    spec = _tiny_benchmark(root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for split in ("train", "test", "index"):  # what a hostile author would put there: valid labels
+        _write(outside / "shop" / f"{split}.json", [{"path": "s/0.jpg", "class_id": 0}])
+    _write(outside / "train.json", [{"path": "s/0.jpg", "class_id": 0}])
+    (root / "info_files" / "cars").rename(outside / "cars")  # keeps a copy for the info_files link
+    if (root / link).is_dir():
+        import shutil
+
+        shutil.rmtree(root / link)
+    elif (root / link).exists():
+        (root / link).unlink()
+    (root / link).symlink_to(tmp_path / target)
+    problems: list = []
+    with OpenedOutside(root, tmp_path) as opened:
+        manifest = read_manifest(root, spec, problems)
+    assert opened.files == []
+    refused = [p for p in problems if "leaves the data root" in p.message]
+    assert refused and all(p.message.startswith("not read: it leaves the data root") for p in refused)
+    assert not (manifest["domain"] == "shop").any() or link == "info_files/shop/train.json"
+
+
+def test_info_files_linked_into_the_dvc_cache_are_read(tmp_path):
+    root = tmp_path / "data"
+    spec = _tiny_benchmark(root)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (root / "info_files" / "shop" / "train.json").rename(cache / "ab12")
+    (root / "info_files" / "shop" / "train.json").symlink_to(cache / "ab12")  # DVC's cache.type symlink
+    problems: list = []
+    read_manifest(root, spec, problems, link_roots=[cache])
+    assert problems == []
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "not valid JSON"),
+    (b'{"path": "s/0.jpg", "class_id": 0}', "expected a JSON list of records, got dict"),
+    ('[{"path": "ä.jpg", "class_id": 0}]'.encode("latin-1"), "not UTF-8 text"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b"[]", "holds no records"),
+    (b"null", "expected a JSON list of records, got NoneType"),
+    (b'[{"path": "s/x\\u0000.jpg", "class_id": 0}]', "must not contain NUL"),
+    (b'[{"path": "s/\\udc80.jpg", "class_id": 0}]', "lone surrogate"),
+    (b'[{"path": "s/new\\nline.jpg", "class_id": 0}]', "control characters"),
+])
+def test_malformed_info_files_are_findings_not_exceptions(tmp_path, content, fragment):
+    from udon_core.data import read_benchmark
+
+    spec = _tiny_benchmark(tmp_path)
+    info_file_path(tmp_path, "shop", "train").write_bytes(content)
+    problems: list = []
+    read_manifest(tmp_path, spec, problems)
+    assert [p.file for p in problems] == [str(info_file_path(tmp_path, "shop", "train"))]
+    assert fragment in problems[0].message
+    # the domain whose train file is unreadable has no class count; the others keep theirs
+    from udon_core.data import save_benchmark_spec
+
+    save_benchmark_spec(spec, tmp_path)
+    data = read_benchmark(tmp_path)
+    assert data.classes == {"cars": 5} and len(data.problems) == 1

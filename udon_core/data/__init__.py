@@ -21,12 +21,14 @@ from udon_core.data.manifest_checks import annotate_manifest, count_positives, l
 from udon_core.data.transforms import Preprocess, eval_transform, load_rgb, open_rgb, train_transform
 from udon_core.data.uned import (
     IMAGES_DIR,
+    BenchmarkData,
     ImageRecord,
     InfoFileError,
     InfoFileProblem,
     classes_source,
     info_file_path,
     num_train_classes,
+    read_benchmark,
     read_info_file,
     read_manifest,
     records_of,
@@ -34,10 +36,10 @@ from udon_core.data.uned import (
 )
 
 __all__ = [
-    "annotate_manifest", "BenchmarkSpec", "build_demo_benchmark", "classes_source", "count_positives", "DEMO",
+    "annotate_manifest", "BenchmarkData", "BenchmarkSpec", "build_demo_benchmark", "classes_source", "count_positives", "DEMO",
     "DemoConfig", "DomainSpec", "DomainStream", "eval_transform", "EvalSet", "ImageListDataset", "ImageRecord",
     "IMAGES_DIR", "info_file_path", "InfoFileError", "InfoFileProblem", "inspect_image", "inspect_images",
     "leaked_labels", "load_rgb", "MissingSourceError", "num_train_classes", "open_rgb", "Preprocess",
-    "read_info_file", "read_manifest", "records_of", "resolve_benchmark_spec", "sample_rows", "save_benchmark_spec",
+    "read_benchmark", "read_info_file", "read_manifest", "records_of", "resolve_benchmark_spec", "sample_rows", "save_benchmark_spec",
     "stream_seed", "train_transform", "tree_digest", "UNED", "write_info_file",
 ]

@@ -11,13 +11,39 @@ The table is data, not branches: pointing the pipeline at the real UnED folder i
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from udon_core.data.containment import DataRoot, Outside, domain_name_problem, plain_name_problem
 from udon_core.errors import InvalidValueError, UnknownNameError
 
 BENCHMARK_FILE = "benchmark.json"
+# why: 4x the largest class count of a real retrieval benchmark (the Met, 224,408 train classes); each class
+# costs a 64-d and a 256-d cosine-classifier row and their optimiser state, so 10**12 is an allocation error
+# hours later, not a benchmark.
+MAX_CLASSES = 1_000_000
+MAX_DOMAINS = 256
+MAX_TEXT = 2_000
+
+
+def _kind(value: object) -> str:
+    return {bool: "a boolean", str: "a string", float: "a number with a fraction or exponent", type(None): "null",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _plain(value: object) -> object:
+    if (problem := plain_name_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _text(value: object) -> object:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ValueError(f"must be a string of at most {MAX_TEXT} characters, got {_kind(value)}")
+    return value
 
 
 class EvalSet(BaseModel):
@@ -28,6 +54,11 @@ class EvalSet(BaseModel):
     query: str = Field(description="info-file stem holding the queries, e.g. 'test'")
     index: str = Field(description="info-file stem holding the index, e.g. 'test', 'index' or 'train'")
 
+    @field_validator("query", "index", mode="before")
+    @classmethod
+    def _stems(cls, value: object) -> object:
+        return _plain(value)
+
     @property
     def self_query(self) -> bool:
         """True when queries are searched against their own set (the query itself is excluded)."""
@@ -35,7 +66,8 @@ class EvalSet(BaseModel):
 
 
 class DomainSpec(BaseModel):
-    """One domain of a benchmark."""
+    """One domain of a benchmark. Every name here becomes part of a path, so each is held to a grammar
+    (udon_core.data.containment); numbers and flags must have their JSON type, never a look-alike."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -50,6 +82,62 @@ class DomainSpec(BaseModel):
     )
     source: str = ""
 
+    @field_validator("train", mode="before")
+    @classmethod
+    def _stem(cls, value: object) -> object:
+        return _plain(value)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_text(cls, value: object) -> object:
+        return _text(value)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _identifier(cls, value: object) -> object:
+        if (problem := domain_name_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("num_train_classes", mode="before")
+    @classmethod
+    def _whole_number(cls, value: object) -> object:
+        # why by type: pydantic's lax mode reads "4", 4.0 and true as 4, 4 and 1.
+        if value is not None and (type(value) is not int or not 1 <= value <= MAX_CLASSES):
+            got = f"{value:,}" if type(value) is int else f"{_shown(value)} ({_kind(value)})"
+            raise ValueError(f"must be a whole number from 1 to {MAX_CLASSES:,} (or absent: inferred from the "
+                             f"data), got {got}")
+        return value
+
+    @field_validator("classes_disjoint", mode="before")
+    @classmethod
+    def _boolean(cls, value: object) -> object:
+        if type(value) is not bool:  # why: lax mode reads "no" as false, which switches the leak check off
+            raise ValueError(f"must be true or false, got {_shown(value)} ({_kind(value)})")
+        return value
+
+    @field_validator("evals", mode="before")
+    @classmethod
+    def _eval_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("names no evaluation split: give at least one, e.g. "
+                                 '{"test": {"query": "test", "index": "test"}}')
+            for key in value:
+                if (problem := plain_name_problem(key)) is not None:
+                    raise ValueError(f"split name {problem}")
+        return value
+
+    @field_validator("evals")
+    @classmethod
+    def _not_the_train_file(cls, value: dict[str, EvalSet], info: ValidationInfo) -> dict[str, EvalSet]:
+        train = info.data.get("train", "train")
+        for split, ev in value.items():
+            if ev.query == train:
+                raise ValueError(f"{split}.query is the training file '{train}': the model would be scored on "
+                                 f"images it trained on")
+        return value
+
     @property
     def info_files(self) -> tuple[str, ...]:
         """Every info-file stem this domain needs, train first, without repeats."""
@@ -59,14 +147,29 @@ class DomainSpec(BaseModel):
         return tuple(dict.fromkeys(stems))
 
 
+def _shown(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (str, bool, int, float, type(None))) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class BenchmarkSpec(BaseModel):
     """A named set of domains; the order of ``domains`` is the order of the heads."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    domains: tuple[DomainSpec, ...]
+    domains: tuple[DomainSpec, ...] = Field(max_length=MAX_DOMAINS)
     description: str = ""
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _plain_name(cls, value: object) -> object:
+        return _plain(value)
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _description_text(cls, value: object) -> object:
+        return _text(value)
 
     @model_validator(mode="after")
     def _unique_domains(self) -> "BenchmarkSpec":
@@ -163,14 +266,22 @@ def save_benchmark_spec(spec: BenchmarkSpec, root: Path) -> Path:
     return path
 
 
-def resolve_benchmark_spec(benchmark: str, root: Path | None = None) -> BenchmarkSpec:
+def resolve_benchmark_spec(benchmark: str, root: Path | None = None, link_roots: Sequence[Path] = ()) -> BenchmarkSpec:
     """The spec called ``benchmark``: a built-in name ('uned', 'demo'), 'auto' or a JSON file path.
 
-    'auto' reads ``<root>/benchmark.json`` when the data folder carries one and otherwise assumes UnED.
+    'auto' reads ``<root>/benchmark.json`` when the data folder carries one and otherwise assumes UnED; that
+    file must resolve inside the folder (or a link root, the DVC cache) like every file the folder names.
+
+    Raises:
+        InvalidValueError: one sentence naming the file and every field that is wrong.
     """
     if benchmark == "auto":
-        if root is not None and (Path(root) / BENCHMARK_FILE).is_file():
-            return resolve_benchmark_spec(str(Path(root) / BENCHMARK_FILE))
+        if root is not None and os.path.lexists(Path(root) / BENCHMARK_FILE):
+            try:
+                path = DataRoot(root, link_roots).contain(Path(root) / BENCHMARK_FILE)
+            except Outside as err:
+                raise InvalidValueError(f"{err.path}: not read: it {err.reason}") from err
+            return parse_benchmark_spec(path)
         _check_looks_like_uned(root)
         return UNED
     if benchmark in BUILTIN:
@@ -178,10 +289,30 @@ def resolve_benchmark_spec(benchmark: str, root: Path | None = None) -> Benchmar
     path = Path(benchmark)
     if not path.is_file():
         raise InvalidValueError(f"unknown benchmark '{benchmark}': not one of {sorted(BUILTIN)} and not a JSON file")
+    return parse_benchmark_spec(path)
+
+
+def parse_benchmark_spec(path: Path) -> BenchmarkSpec:
+    """The description in ``path``; an InvalidValueError names the file and every wrong field."""
     try:
-        return BenchmarkSpec.model_validate_json(path.read_text())
-    except ValueError as err:
+        return BenchmarkSpec.model_validate_json(Path(path).read_bytes())
+    except ValidationError as err:
+        raise InvalidValueError(f"{path}: not a valid benchmark description: {describe_errors(err)}") from err
+    except (OSError, ValueError) as err:
         raise InvalidValueError(f"{path}: not a valid benchmark description: {err}") from err
+
+
+def describe_errors(err: ValidationError, limit: int = 10) -> str:
+    """Every field error of a description as ``domains[1].num_train_classes: must be ...``, joined by '; '."""
+    parts = []
+    for e in err.errors()[:limit]:
+        where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in e["loc"]).lstrip(".") or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] not in ("value_error", "missing", "extra_forbidden"):
+            msg = f"{msg}, got {_shown(e.get('input'))}"
+        parts.append(f"{where}: {msg}")
+    more = f"; and {err.error_count() - limit} more" if err.error_count() > limit else ""
+    return "; ".join(parts) + more
 
 
 def _check_looks_like_uned(root: Path | None) -> None:

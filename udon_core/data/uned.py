@@ -11,12 +11,14 @@ The manifest is one row per record and info file, in file order (evaluation reli
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from udon_core.data.benchmark import BenchmarkSpec
+from udon_core.data.benchmark import BenchmarkSpec, resolve_benchmark_spec
+from udon_core.data.containment import DataRoot, Outside, image_path_problem
 from udon_core.errors import UdonUserError
 
 INFO_DIR = "info_files"
@@ -74,8 +76,8 @@ def _record_problems(item: object) -> list[tuple[str | None, str]]:
     path = item.get("path")
     if "path" in item and (not isinstance(path, str) or not path):
         out.append(("path", f"'path' must be a non-empty string, got {path!r}"))
-    elif isinstance(path, str) and (path.startswith("/") or ".." in Path(path).parts):
-        out.append(("path", f"'path' must be relative to images/ and stay inside it, got {path!r}"))
+    elif isinstance(path, str) and (problem := image_path_problem(path)):
+        out.append(("path", problem))
     if "class_id" in item and (problem := _label_problem(item["class_id"])):
         out.append(("class_id", problem))
     return out
@@ -85,6 +87,8 @@ def check_info_records(items: object, source: str) -> tuple[list[tuple[int, Imag
     """The valid records of one decoded info file with their row numbers, and every problem of the others."""
     if not isinstance(items, list):
         return [], [InfoFileProblem(source, None, None, f"expected a JSON list of records, got {type(items).__name__}")]
+    if not items:  # why: a domain without train images has no classes; an eval split without queries no metric
+        return [], [InfoFileProblem(source, None, None, "holds no records (an empty list)")]
     records, problems = [], []
     for i, item in enumerate(items):
         found = _record_problems(item)
@@ -116,17 +120,23 @@ def parse_info_records(items: object, source: str) -> list[ImageRecord]:
     return [r for _, r in records]
 
 
-def check_info_file(path: Path) -> tuple[list[tuple[int, ImageRecord]], list[InfoFileProblem]]:
-    """Read one info file: its valid records (row, record) in file order, and every problem found."""
+def check_info_file(path: Path, read_from: Path | None = None) -> tuple[list[tuple[int, ImageRecord]], list[InfoFileProblem]]:
+    """Read one info file: its valid records (row, record) in file order, and every problem found.
+
+    ``read_from`` is where ``path`` resolves to when the caller has contained it (DataRoot.info_file); the
+    problems name ``path``, as the user wrote the folder."""
     path = Path(path)
-    if not path.is_file():
+    source = Path(read_from) if read_from is not None else path
+    if not source.is_file():
         return [], [InfoFileProblem(str(path), None, None, "info file not found")]
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        items = json.loads(source.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         return [], [InfoFileProblem(str(path), None, None, f"not UTF-8 text ({err.reason} at byte {err.start})")]
     except json.JSONDecodeError as err:
         return [], [InfoFileProblem(str(path), None, None, f"not valid JSON ({err.msg} at line {err.lineno})")]
+    except RecursionError:  # why: json's decoder recurses once per nesting level
+        return [], [InfoFileProblem(str(path), None, None, "not an info file: JSON nested too deeply")]
     return check_info_records(items, str(path))
 
 
@@ -144,16 +154,24 @@ def write_info_file(path: Path, records: list[ImageRecord]) -> None:
     Path(path).write_text(json.dumps(items, separators=(",", ":")) + "\n")
 
 
-def read_manifest(root: Path, spec: BenchmarkSpec, problems: list[InfoFileProblem] | None = None) -> pd.DataFrame:
+def read_manifest(root: Path, spec: BenchmarkSpec, problems: list[InfoFileProblem] | None = None,
+                  link_roots: Sequence[Path] = ()) -> pd.DataFrame:
     """One row per record of every info file the benchmark needs, in spec and file order.
 
     Every info file is read before anything is reported: with ``problems`` given, the problems of all of
     them are appended to it and the valid records are returned; without it, one InfoFileError lists them.
+    An info file that resolves outside ``info_files/`` (and the ``link_roots``, the DVC cache) is a problem
+    and is not opened.
     """
     rows, found = [], []
+    data_root = DataRoot(root, link_roots)
     for domain in spec.domains:
         for split in domain.info_files:
-            records, bad = check_info_file(info_file_path(root, domain.name, split))
+            path = info_file_path(root, domain.name, split)
+            try:
+                records, bad = check_info_file(path, data_root.info_file(domain.name, split))
+            except Outside as err:
+                records, bad = [], [InfoFileProblem(str(path), None, None, f"not read: it {err.reason}")]
             found += bad
             rows += [(domain.name, split, i, rec.path, list(rec.labels)) for i, rec in records]
     if problems is None:
@@ -188,3 +206,36 @@ def classes_source(spec: BenchmarkSpec, domain: str) -> str:
     if spec.domain(domain).num_train_classes is not None:
         return "num_train_classes in the benchmark description"
     return "inferred from the data: largest train class id + 1"
+
+
+@dataclass
+class BenchmarkData:
+    """A benchmark folder as read: its description, the manifest of every valid record, every problem of its
+    info files, and the train classes per domain (with where each count comes from)."""
+
+    root: Path
+    spec: BenchmarkSpec
+    manifest: pd.DataFrame
+    problems: list[InfoFileProblem] = field(default_factory=list)
+    classes: dict[str, int] = field(default_factory=dict)
+    classes_source: dict[str, str] = field(default_factory=dict)
+
+
+def read_benchmark(root: Path, benchmark: str = "auto", domains: Sequence[str] | None = None,
+                   link_roots: Sequence[Path] = ()) -> BenchmarkData:
+    """Read a benchmark folder without stopping at its defects: the pipeline's ingest step and
+    ``udon data validate`` both start here, and validation reports the problems collected.
+
+    Raises:
+        InvalidValueError: the description itself is unusable (one sentence naming every wrong field).
+    """
+    spec = resolve_benchmark_spec(benchmark, root, link_roots)
+    if domains:
+        spec = spec.restrict(list(domains))
+    problems: list[InfoFileProblem] = []
+    manifest = read_manifest(root, spec, problems, link_roots)
+    # why: a domain whose train file is unreadable has no class count; its problems are in the report.
+    trained = [d.name for d in spec.domains if ((manifest["domain"] == d.name) & (manifest["split"] == d.train)).any()]
+    classes = num_train_classes(manifest, spec.restrict(trained)) if trained else {}
+    return BenchmarkData(root=Path(root), spec=spec, manifest=manifest, problems=problems, classes=classes,
+                         classes_source={d: classes_source(spec, d) for d in classes})
