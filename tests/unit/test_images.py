@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -94,3 +96,108 @@ def test_a_decompression_bomb_is_one_sentence_on_every_path(bomb, monkeypatch):
                                       "--out", str(bomb / "out.npy")])
     assert result.exit_code == 2 and "refused as a decompression bomb" in result.output
     assert "Traceback" not in result.output
+
+
+# ---- the decoding memory budget (issue #25) -------------------------------------------------------------
+
+@pytest.fixture
+def budget(monkeypatch):
+    """A fresh process budget of 4 MiB, as the loader sees it."""
+    from udon_core.data import decode_budget
+
+    fresh = decode_budget.DecodeBudget(4 << 20)
+    monkeypatch.setattr(decode_budget, "PROCESS_BUDGET", fresh)
+    return fresh
+
+
+def test_an_image_costing_more_than_the_budget_is_refused_before_decoding(tmp_path, budget):
+    from udon_core.data.decode_budget import decode_cost
+
+    Image.fromarray(np.zeros((1000, 1000), dtype=np.uint16)).save(tmp_path / "scan.png")  # a few KB on disk
+    assert decode_cost("I;16", (1000, 1000)) == 1000 * 1000 * 7 + (16 << 20)  # 2 (16-bit) + 1 (8-bit) + 4 (RGB)
+    with pytest.raises(ImageFileError) as err:
+        open_rgb(tmp_path / "scan.png")
+    assert "refused: decoding it (1000x1000 I;16) needs about 23 MiB, more than the loader's budget of 4 MiB" \
+        in str(err.value) and budget.held == 0
+    assert inspect_image(tmp_path / "scan.png")["error"].startswith("refused: decoding it")
+
+
+def test_the_budget_is_held_while_the_decoded_image_lives(tmp_path, budget):
+    from udon_core.data.decode_budget import decode_cost
+
+    budget.total = 64 << 20
+    Image.new("RGB", (100, 50)).save(tmp_path / "a.png")
+    image, _ = open_rgb(tmp_path / "a.png")
+    assert budget.held == decode_cost("RGB", (100, 50)) == 100 * 50 * 8 + (16 << 20)
+    del image
+    assert budget.held == 0
+    with pytest.raises(ImageFileError):  # a failed decode gives its share back too
+        (tmp_path / "t.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])
+        open_rgb(tmp_path / "t.png")
+    assert budget.held == 0
+
+
+def test_a_thread_that_keeps_images_while_decoding_more_fails_instead_of_waiting_for_itself(tmp_path, budget):
+    budget.total = 30 << 20  # two images of 16 MiB + a little do not fit together
+    Image.new("L", (100, 100)).save(tmp_path / "a.png")
+    kept = open_rgb(tmp_path / "a.png")
+    with pytest.raises(RuntimeError, match="its own thread holds"):
+        open_rgb(tmp_path / "a.png")
+    del kept
+
+
+def test_parallel_inspection_stays_within_the_budget(tmp_path, budget):
+    from udon_core.data import inspect_images
+    from udon_core.data.decode_budget import decode_cost
+
+    one = decode_cost("I;16", (800, 800))
+    budget.total = int(2.5 * one)  # two decodes at a time, never three
+    for i in range(8):
+        Image.fromarray(np.full((800, 800), 257 * i, dtype=np.uint16)).save(tmp_path / f"{i}.png")
+    import pandas as pd
+
+    rows = pd.DataFrame([("d", "train", i, f"{i}.png", [0]) for i in range(8)],
+                        columns=["domain", "split", "row", "path", "labels"])
+    inspected = inspect_images(rows, tmp_path, workers=8)
+    assert inspected["decodes"].all() and budget.held == 0
+    assert one <= budget.peak <= budget.total
+
+
+def test_high_bit_depth_is_scaled_a_strip_at_a_time_exactly_as_a_whole(tmp_path, monkeypatch):
+    from udon_core.data import transforms
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 65536, size=(37, 53), dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "scan.png")
+    whole = np.asarray(load_rgb(tmp_path / "scan.png"))
+    monkeypatch.setattr(transforms, "STRIP_PIXELS", 100)  # one row at a time
+    strips = np.asarray(load_rgb(tmp_path / "scan.png"))
+    assert (whole == strips).all() and (whole[..., 0] == np.rint(values / 257.0)).all()
+    floats = rng.random((20, 30), dtype=np.float32)
+    Image.fromarray(floats, mode="F").save(tmp_path / "f.tiff")
+    assert (np.asarray(load_rgb(tmp_path / "f.tiff"))[..., 1] == np.clip(np.rint(floats * 255.0), 0, 255)).all()
+
+
+_PEAK = r"""
+import sys
+from PIL import Image
+from tests.peak_rss import peak_above
+from udon_core.data import decode_budget, transforms
+with Image.open(sys.argv[1]) as raw:
+    estimate = decode_budget.decode_cost(raw.mode, raw.size, "transparency" in raw.info)
+print(peak_above(lambda: transforms.open_rgb(sys.argv[1])), estimate)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, shape", [("I;16", (4000, 4000)), ("RGBA", (3000, 3000, 4))])  # the costliest kinds
+def test_decode_cost_bounds_the_measured_peak(tmp_path, mode, shape):
+    import subprocess
+    import sys
+
+    dtype = np.uint16 if mode == "I;16" else np.uint8
+    Image.fromarray(np.zeros(shape, dtype=dtype)).save(tmp_path / "big.png", compress_level=1)
+    done = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path / "big.png")], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    peak, estimate = map(int, done.stdout.split())
+    assert 0.8 * estimate <= peak <= estimate, (peak, estimate)  # an upper bound, and not a loose one

@@ -3,20 +3,26 @@
 Pure inspection, one row per image; the data validator turns the table into expectations. Decoding is
 complete and uses the training loader, so a truncated file fails here with one sentence instead of in a
 data-loader worker hours into training. PIL's global ``LOAD_TRUNCATED_IMAGES`` is left as it is (off).
+Decoding stays within the loader's memory budget (``udon_core.data.decode_budget``), however many threads
+inspect at once. A file the containment rule refuses is never opened. Each file read is also hashed
+(SHA-256), which makes a byte-identical copy under another name visible at the cost of one more pass over
+bytes already read.
 """
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from udon_core.data.containment import DataRoot
 from udon_core.data.transforms import open_rgb
 from udon_core.errors import ImageFileError
 
-COLUMNS = ("exists", "decodes", "mode", "width", "height", "error")
+COLUMNS = ("exists", "decodes", "mode", "width", "height", "error", "sha256")
 
 
 def inspect_image(path: Path) -> dict[str, object]:
@@ -25,14 +31,32 @@ def inspect_image(path: Path) -> dict[str, object]:
     The file goes through the loader training and evaluation use (``open_rgb``: complete decode and the
     conversion to RGB), so what passes here is what they will read; ``mode`` is the file's own mode.
     """
-    if not path.is_file():
-        return {"exists": False, "decodes": False, "mode": None, "width": 0, "height": 0, "error": "missing"}
+    if not _is_file(path):
+        return {"exists": False, "decodes": False, "mode": None, "width": 0, "height": 0, "error": "missing",
+                "sha256": None}
     try:
         image, mode = open_rgb(path)
+        found = {"exists": True, "decodes": True, "mode": mode, "width": image.width, "height": image.height,
+                 "error": None}
+        del image  # why: gives its share of the decode budget back (decode_budget) before the file is hashed
     except ImageFileError as err:
-        return {"exists": True, "decodes": False, "mode": None, "width": 0, "height": 0, "error": err.reason}
-    return {"exists": True, "decodes": True, "mode": mode, "width": image.width, "height": image.height,
-            "error": None}
+        found = {"exists": True, "decodes": False, "mode": None, "width": 0, "height": 0, "error": err.reason}
+    return {**found, "sha256": _sha256(path)}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL
+        return False
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def sample_rows(manifest: pd.DataFrame, sample: int | None, seed: int = 0) -> pd.DataFrame:
@@ -44,14 +68,56 @@ def sample_rows(manifest: pd.DataFrame, sample: int | None, seed: int = 0) -> pd
 
 
 def inspect_images(manifest: pd.DataFrame, images_dir: Path, sample: int | None = None, seed: int = 0,
-                   workers: int = 8) -> pd.DataFrame:
-    """The manifest's rows (or a seeded sample) with the inspection columns added, one file read per path.
+                   workers: int = 8, link_roots: tuple[Path, ...] = ()) -> pd.DataFrame:
+    """The manifest's rows (or a seeded sample) with the inspection columns added, one file read per path,
+    and ``content_twin`` (see ``content_twins``).
 
-    ``images_dir`` is the benchmark's ``images/`` folder; ``path`` is relative to it.
+    ``images_dir`` is the benchmark's ``images/`` folder; ``path`` is relative to it. Rows whose path the
+    containment rule refuses (the manifest's ``inside_root`` column where it has one, else the rule applied
+    here with ``link_roots``) are not opened: ``exists`` False and ``error`` says why.
     """
     rows = sample_rows(manifest, sample, seed)
     unique = list(dict.fromkeys(rows["path"]))
+    refused = _refused(rows, Path(images_dir), link_roots)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decoders release the GIL
-        found = dict(zip(unique, pool.map(lambda p: inspect_image(Path(images_dir) / p), unique)))
+        found = dict(zip(unique, pool.map(
+            lambda p: _not_opened(refused[p]) if p in refused else inspect_image(Path(images_dir) / p), unique)))
     checks = pd.DataFrame([found[p] for p in rows["path"]], index=rows.index, columns=list(COLUMNS))
-    return pd.concat([rows, checks], axis=1)
+    out = pd.concat([rows, checks], axis=1)
+    out["content_twin"] = content_twins(out)
+    return out
+
+
+def _refused(rows: pd.DataFrame, images_dir: Path, link_roots: tuple[Path, ...]) -> dict[str, str]:
+    """``{path: reason}`` of the rows the containment rule refuses."""
+    if "inside_root" in rows.columns:
+        return {p: "not opened: the path leaves the data root (path_inside_root)"
+                for p in rows.loc[~rows["inside_root"].astype(bool), "path"]}
+    data_root = DataRoot(images_dir.parent, link_roots)
+    located = {p: data_root.locate(p) for p in dict.fromkeys(rows["path"])}
+    return {p: f"not opened: {loc.reason}" for p, loc in located.items() if not loc.inside}
+
+
+def _not_opened(reason: str) -> dict[str, object]:
+    return {"exists": False, "decodes": False, "mode": None, "width": 0, "height": 0, "error": reason, "sha256": None}
+
+
+def content_twins(inspected: pd.DataFrame) -> pd.Series:
+    """Per row: the path of a file with the same bytes listed in *another* info file of the same domain
+    under another name (a copy is the same image: train/test leakage or a trivial positive), else None.
+
+    Of each group of byte-identical files, rows of the group's first info file (in manifest order, so train
+    first) are the originals and are not flagged; copies within one info file are left alone (real
+    benchmarks hold exact duplicates, and the retrieval protocol handles them).
+    """
+    out = pd.Series([None] * len(inspected), index=inspected.index, dtype=object)
+    identity = inspected["image_identity"] if "image_identity" in inspected.columns else inspected["path"]
+    hashed = inspected.assign(_identity=identity).dropna(subset=["sha256"])
+    hashed = hashed[hashed.duplicated(["domain", "sha256"], keep=False)]  # why: 2.8M rows, few duplicates
+    for _, group in hashed.groupby(["domain", "sha256"], sort=False):
+        if group["split"].nunique() < 2 or group["_identity"].nunique() < 2:
+            continue  # one info file, or one file listed twice (unique_image reports that)
+        first = group.iloc[0]
+        copies = group[(group["split"] != first["split"]) & (group["_identity"] != first["_identity"])]
+        out.loc[copies.index] = first["path"]
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from udon_core.data.benchmark import BenchmarkSpec
-from udon_core.data.uned import IMAGES_DIR
+from udon_core.data.containment import DataRoot
 
 
 def _positives(query_labels: list[list[int]], index_labels: list[list[int]], self_query: bool) -> list[int]:
@@ -60,10 +60,16 @@ def leaked_labels(manifest: pd.DataFrame, spec: BenchmarkSpec) -> pd.Series:
             continue
         in_domain = manifest["domain"] == domain.name
         train_labels = {x for labels in manifest.loc[in_domain & (manifest["split"] == domain.train), "labels"] for x in labels}
-        queries = {e.query for e in domain.evals.values()} - {domain.train}
-        rows = in_domain & manifest["split"].isin(queries)
-        leaked.loc[rows] = manifest.loc[rows, "labels"].map(lambda ls: any(x in train_labels for x in ls))
+        # a query file that is the train file is refused by the description (DomainSpec) before this
+        rows = in_domain & manifest["split"].isin({e.query for e in domain.evals.values()})
+        _assign(leaked, rows, manifest.loc[rows, "labels"].map(lambda ls: any(x in train_labels for x in ls)))
     return leaked
+
+
+def _assign(column: pd.Series, rows: pd.Series, values: pd.Series) -> None:
+    """``column[rows] = values`` for a bool column; why: pandas refuses an empty object selection there."""
+    if rows.any():
+        column.loc[rows] = values.astype(bool)
 
 
 def undense_labels(manifest: pd.DataFrame, spec: BenchmarkSpec) -> pd.Series:
@@ -77,15 +83,18 @@ def undense_labels(manifest: pd.DataFrame, spec: BenchmarkSpec) -> pd.Series:
             continue
         rows = (manifest["domain"] == domain.name) & (manifest["split"] == domain.train)
         distinct = len({x for labels in manifest.loc[rows, "labels"] for x in labels})
-        out.loc[rows] = manifest.loc[rows, "labels"].map(lambda ls: any(x >= distinct for x in ls))
+        _assign(out, rows, manifest.loc[rows, "labels"].map(lambda ls: any(x >= distinct for x in ls)))
     return out
 
 
-def inside(images: Path, relative: str, link_roots: Sequence[Path] = ()) -> bool:
-    """True when ``images/relative`` resolves (symlinks followed) to a place inside ``images`` or inside one
-    of ``link_roots`` (a DVC cache whose ``cache.type`` is symlink links every file into it)."""
-    target = (images / relative).resolve()
-    return any(target.is_relative_to(Path(base).resolve()) for base in (images, *link_roots))
+def locate_images(paths: pd.Series, data_root: DataRoot) -> pd.DataFrame:
+    """Per row, where its image path leads (``udon_core.data.containment.Located``): ``inside_root``,
+    ``file_exists``, ``file_size`` and ``image_identity``. Links and stats only; nothing is opened."""
+    found = {p: data_root.locate(p) for p in dict.fromkeys(paths)}
+    return pd.DataFrame({"inside_root": [found[p].inside for p in paths],
+                         "file_exists": [found[p].exists for p in paths],
+                         "file_size": [found[p].size for p in paths],
+                         "image_identity": [found[p].identity for p in paths]}, index=paths.index)
 
 
 def train_class_sizes(annotated: pd.DataFrame) -> pd.Series:
@@ -103,13 +112,19 @@ def annotate_manifest(
 ) -> pd.DataFrame:
     """The manifest plus the derived columns the validation suite checks.
 
-    Added columns: ``image_key`` (domain/path), ``label_min``, ``label_max``, ``num_classes`` (train
-    classes of the row's domain), ``is_train``, ``n_positives`` (queries only), ``class_size`` (train rows:
-    images of the row's rarest class), ``label_leaked``, ``label_undense`` and, when ``root`` is given,
-    ``file_exists`` and ``inside_root`` (the path, symlinks resolved, stays inside ``images/``).
+    Added columns: ``image_key`` ("domain: " + the image's identity: the same file however the path spells it,
+    see ``locate_images``), ``label_min``, ``label_max``, ``num_classes`` (train classes of the row's
+    domain), ``is_train``, ``n_positives`` (queries only), ``class_size`` (train rows: images of the row's
+    rarest class), ``label_leaked``, ``label_undense`` and, when ``root`` is given, the columns of
+    ``locate_images`` (the containment rule: inside ``images/`` or a link root, symlinks resolved).
     """
     out = manifest.copy()
-    out["image_key"] = out["domain"] + "/" + out["path"]
+    if root is not None:
+        out = pd.concat([out, locate_images(out["path"], DataRoot(root, link_roots))], axis=1)
+        identity = out["image_identity"]
+    else:  # lexically: a/./b.png and a//b.png are a/b.png
+        identity = out["path"].map(lambda p: Path(p).as_posix())
+    out["image_key"] = out["domain"] + ": " + identity
     out["label_min"] = out["labels"].map(lambda ls: min(ls) if len(ls) else None)
     out["label_max"] = out["labels"].map(lambda ls: max(ls) if len(ls) else None)
     out["num_classes"] = out["domain"].map(classes)
@@ -119,8 +134,4 @@ def annotate_manifest(
     out["class_size"] = train_class_sizes(out)
     out["label_leaked"] = leaked_labels(manifest, spec)
     out["label_undense"] = undense_labels(manifest, spec)
-    if root is not None:
-        images = Path(root) / IMAGES_DIR
-        out["file_exists"] = out["path"].map(lambda p: (images / p).is_file())
-        out["inside_root"] = out["path"].map(lambda p: inside(images, p, link_roots))
     return out

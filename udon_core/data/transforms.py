@@ -7,6 +7,9 @@ centre crop ``size``, normalise. At the paper's 224 px, ``resize`` is 256.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms import v2 as T
 
+import udon_core.data.decode_budget as decode_budget
 from udon_core.errors import ImageFileError
 
 
@@ -34,19 +38,27 @@ class Preprocess(BaseModel):
         return int(round(self.image_size * self.resize_ratio))
 
 
+STRIP_PIXELS = 1 << 20  # pixels scaled at once by _to_8_bit: 8 MB of float64, whatever the image size
+
+
 def _to_8_bit(im: Image.Image) -> Image.Image:
     """A 16-bit, 32-bit integer or float grayscale image as 8-bit 'L', scaled, not clipped.
 
     why: ``convert("RGB")`` clips these modes at 255, which turns almost every pixel of a 16-bit scan white.
     16-bit modes are divided by 257 (65535 -> 255); 'I' (how some decoders return 16-bit data) is taken as
-    16-bit when any value exceeds 255; 'F' in [0, 1] is scaled to [0, 255].
+    16-bit when any value exceeds 255; 'F' in [0, 1] is scaled to [0, 255]. Scaled a strip of rows at a
+    time, so the cost is the 8-bit result, not float64 copies of the whole image (decode_budget).
     """
-    values = np.asarray(im, dtype=np.float64)
-    if im.mode.startswith("I;16") or (im.mode == "I" and values.max(initial=0) > 255):
-        values = values / 257.0
-    elif im.mode == "F" and values.max(initial=0) <= 1.0:
-        values = values * 255.0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    width, height = im.size
+    top_value = im.getextrema()[1] if height and width else 0
+    factor = 1 / 257.0 if im.mode.startswith("I;16") or (im.mode == "I" and top_value > 255) else \
+        255.0 if im.mode == "F" and top_value <= 1.0 else 1.0
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        strip = np.asarray(im.crop((0, top, width, min(height, top + rows))), dtype=np.float64)
+        out[top:top + rows] = np.clip(np.rint(strip * factor if factor != 1.0 else strip), 0, 255)
+    return Image.fromarray(out)  # uint8, 2-D: mode L
 
 
 def open_rgb(path: str | Path) -> tuple[Image.Image, str]:
@@ -56,7 +68,9 @@ def open_rgb(path: str | Path) -> tuple[Image.Image, str]:
 
     Raises:
         ImageFileError: naming the file and what is wrong (missing, empty, not an image, truncated, a
-            decompression bomb); never a raw PIL exception.
+            decompression bomb, more memory to decode than ``decode_budget`` allows); never a raw PIL
+            exception. The cost is taken from the process's budget before any pixel is read and given back
+            when the returned image is released.
 
     why white: emoji artwork is RGBA with a transparent background; converting straight to RGB would turn
     the background black in some files and white in others depending on the stored colour of clear pixels.
@@ -66,10 +80,27 @@ def open_rgb(path: str | Path) -> tuple[Image.Image, str]:
         raise ImageFileError(path, "file not found")
     if path.stat().st_size == 0:
         raise ImageFileError(path, "empty file (0 bytes)")
+    with _pil_errors(path):
+        im = Image.open(path)
+    with im:
+        cost = decode_budget.decode_cost(im.mode, im.size, "transparency" in im.info)
+        give_back = decode_budget.PROCESS_BUDGET.hold(cost, path, f"{im.width}x{im.height} {im.mode}")
+        try:
+            with _pil_errors(path):
+                im.load()  # the whole file: truncation shows up here
+                rgb = _rgb(im)
+        except BaseException:
+            give_back()
+            raise
+    weakref.finalize(rgb, give_back)  # the budget holds the decoded image for as long as it lives
+    return rgb, im.mode
+
+
+@contextmanager
+def _pil_errors(path: Path) -> Iterator[None]:
+    """PIL's exceptions as one ImageFileError sentence naming the file."""
     try:
-        with Image.open(path) as im:
-            im.load()  # the whole file: truncation shows up here
-            return _rgb(im), im.mode
+        yield
     except Image.DecompressionBombError as err:
         raise ImageFileError(path, f"refused as a decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
