@@ -2,8 +2,10 @@
 
 Each expectation is one named check (``CHECKS``) and carries ``meta.severity``: a failed ``critical`` check
 stops the pipeline before training, ``warning`` ones are recorded and printed, ``off`` ones are not run.
-Every check's severity can be changed in the run configuration (``validation.severity: {check: level}``).
-The report names every failing row by domain, split, row and path.
+Every check's severity can be changed in the run configuration (``validation.severity: {check: level}``),
+except the containment rule's (``LOCKED``). The report names every failing row by domain, split, row and
+path. ``validate_benchmark`` is the one way both the pipeline's validate step and ``udon data validate``
+run the suites.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from udon_core.data import BenchmarkSpec
+from udon_core.data import IMAGES_DIR, BenchmarkData, BenchmarkSpec, annotate_manifest, inspect_images, read_benchmark
 
 Severity = Literal["critical", "warning", "off"]
 MAX_ROWS_PER_FAILURE = 50
@@ -27,7 +29,10 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "required_fields": ("critical", "domain, split, path and labels are present on every row"),
     "known_domain": ("critical", "every row belongs to a domain of the benchmark description"),
     "known_split": ("critical", "every row belongs to an info file the description names"),
-    "unique_image": ("critical", "no image is listed twice in a domain (leakage or a duplicated record)"),
+    "unique_image": ("critical", "no image file is listed twice in a domain however its path is spelled (./, //, "
+                                 "links inside images/): leakage or a duplicated record"),
+    "unique_content": ("critical", "no file of a domain has the same bytes as a file of another of its info files "
+                                   "(a copy under another name is the same image); needs check_images"),
     "label_non_negative": ("critical", "class ids are >= 0"),
     "query_has_positive": ("critical", "every query has at least one relevant index image"),
     "query_not_a_train_class": ("critical", "queries of class-disjoint domains use no class seen in training"),
@@ -35,21 +40,29 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "train_labels_dense": ("critical", "inferred class counts: train class ids are 0..K-1 for K classes"),
     "class_size": ("warning", "every train class has at least min_images_per_class images"),
     "file_exists": ("critical", "every listed image file exists"),
-    "path_inside_root": ("critical", "every path, symlinks resolved, stays inside the images/ folder"),
+    "path_inside_root": ("critical", "every path, symlinks resolved, stays inside the images/ folder (or the DVC "
+                                     "cache); such a file is never opened"),
     "has_rows": ("warning", "the manifest is not empty"),
     "image_decodes": ("critical", "every image decodes completely with the training loader"),
     "image_mode": ("warning", "image modes are ones the loader converts without loss (accepted_modes)"),
     "image_size": ("warning", "images are at least min_image_size pixels wide and high"),
 }
 CheckName = Literal[tuple(CHECKS)]  # type: ignore[valid-type]
+# why: a file from outside the folder is not covered by the DVC version the run records; training would read
+# what validation refused to open. The containment rule is not a matter of taste.
+LOCKED: tuple[str, ...] = ("path_inside_root",)
 
 
 class FailedRow(BaseModel):
+    """One offending row: its info file (``domain``/``split``), its ``row`` there (-1: the whole file), the
+    image ``path`` (for an info-file problem: the info file, and the ``field`` at fault) and the value."""
+
     domain: str
     split: str
     row: int
     path: str
     value: Any = None
+    field: str | None = None
 
 
 class ExpectationOutcome(BaseModel):
@@ -74,6 +87,9 @@ class ValidationReport(BaseModel):
     success: bool
     evaluated: int
     outcomes: list[ExpectationOutcome]
+    data_root: str = ""  # the folder validated
+    benchmark: str = ""
+    rows: int | None = None  # manifest rows (records of every info file read)
 
     @classmethod
     def combine(cls, *reports: "ValidationReport") -> "ValidationReport":
@@ -108,6 +124,8 @@ class ValidationReport(BaseModel):
 def _where(r: FailedRow) -> str:
     if r.row < 0:  # a problem of a whole file
         return r.path
+    if r.field is not None:  # a problem of one record of an info file
+        return f"{r.path} row {r.row} [{r.field}]"
     return f"{r.domain}/{r.split}.json row {r.row}: {r.path}"
 
 
@@ -137,7 +155,8 @@ class ValidationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    check_files: bool = Field(default=True, description="every manifest path must exist (a stat per file)")
+    check_files: bool = Field(default=True, description="every manifest path must exist (the containment rule "
+                              "runs either way)")
     check_images: bool = Field(default=True, description="decode images and check their mode and size")
     image_sample: int | None = Field(
         default=None, ge=1, description="decode this many images (seeded sample); None = all of them"
@@ -154,7 +173,24 @@ class ValidationConfig(BaseModel):
     min_images_per_class: int = Field(default=2, ge=1, description="train images per class")
     severity: dict[CheckName, Severity] = Field(
         default_factory=dict, description="per check: critical (stops the run), warning (reported) or off; "
-        "the defaults are in integrations/expectations.py CHECKS")
+        "the defaults are in integrations/expectations.py CHECKS; path_inside_root stays critical")
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # why: YAML 1.1 (PyYAML, so zenml.yaml and --set) reads a bare `off` as false
+        if isinstance(value, dict):
+            return {k: "off" if v is False else v for k, v in value.items()}
+        return value
+
+    @field_validator("severity")
+    @classmethod
+    def _containment_stays_critical(cls, value: dict[str, Severity]) -> dict[str, Severity]:
+        relaxed = sorted(c for c in LOCKED if value.get(c, "critical") != "critical")
+        if relaxed:
+            raise ValueError(f"{', '.join(relaxed)} cannot be relaxed: a file outside the data folder is not in the "
+                             "data version the run records (link such files into the folder, or copy them)")
+        return value
 
     def severity_of(self, check: str) -> Severity:
         return self.severity.get(check, CHECKS[check][0])  # type: ignore[call-overload]
@@ -199,8 +235,8 @@ def manifest_suite(spec: BenchmarkSpec, classes: dict[str, int], check_files: bo
         condition_parser="pandas"))
     if check_files:
         _add(exps, config, "file_exists", gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]))
-        _add(exps, config, "path_inside_root",
-             gxe.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True]))
+    # the containment rule holds whether files are checked or not: it is what keeps training inside the folder
+    _add(exps, config, "path_inside_root", gxe.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True]))
     _add(exps, config, "has_rows", gxe.ExpectTableRowCountToBeBetween(min_value=1))
     suite = gx.ExpectationSuite(name=f"{spec.name}-manifest")
     for e in exps:
@@ -225,6 +261,10 @@ def image_suite(spec: BenchmarkSpec, config: ValidationConfig):
     for side in ("width", "height"):
         _add(exps, config, "image_size",
              gxe.ExpectColumnValuesToBeBetween(column=side, min_value=config.min_image_size, **decoded))
+    # the value of a failing row is the path of the file it copies
+    _add(exps, config, "unique_content", gxe.ExpectColumnValuesToBeNull(column="content_twin"),
+         note="byte-identical (SHA-256) to the file named as the row's value" +
+              (f"; only the {config.image_sample} sampled images are hashed" if config.image_sample else ""))
     suite = gx.ExpectationSuite(name=f"{spec.name}-images")
     for e in exps:
         suite.add_expectation(e)
@@ -241,7 +281,7 @@ def info_file_report(problems: list, severity: Severity) -> ValidationReport:
 def info_file_outcome(problems: list, severity: Severity) -> ExpectationOutcome:
     """The reader's findings (``udon_core.data.uned.InfoFileProblem``) as one outcome of the report."""
     rows = [FailedRow(domain=Path(p.file).parent.name, split=Path(p.file).stem, row=-1 if p.row is None else p.row,
-                      path=p.file if p.row is None else f"{p.file} [{p.field or 'record'}]", value=p.message)
+                      path=p.file, field=None if p.row is None else p.field or "record", value=p.message)
             for p in problems[:MAX_ROWS_PER_FAILURE]]
     return ExpectationOutcome(check="info_file_format", expectation="info_files_follow_the_uned_format",
                               column=None, condition=None, severity=severity, success=not problems,
@@ -315,27 +355,134 @@ def run_suite(frame: pd.DataFrame, suite) -> ValidationReport:
     return ValidationReport(suite=suite.name, success=ok, evaluated=len(outcomes), outcomes=outcomes)
 
 
+def validate_benchmark(data: BenchmarkData, config: ValidationConfig | None = None,
+                       link_roots: tuple[Path, ...] = ()) -> ValidationReport:
+    """Every suite over a benchmark as read (``udon_core.data.read_benchmark``): the manifest's rows, the
+    reader's findings and the image files; one report. ``link_roots``: where files may link to (the DVC
+    cache). The pipeline's validate step and ``udon data validate`` both run exactly this."""
+    config = config or ValidationConfig()
+    frame = annotate_manifest(data.manifest, data.spec, data.root, data.classes, link_roots)
+    reports = [run_suite(frame, manifest_suite(data.spec, data.classes, config.check_files, config,
+                                               data.classes_source))]
+    if config.severity_of("info_file_format") != "off":
+        reports.append(info_file_report(data.problems, config.severity_of("info_file_format")))
+    if config.check_images:
+        # the annotated frame carries the containment verdict: a refused file is not opened
+        images = inspect_images(frame, Path(data.root) / IMAGES_DIR, config.image_sample, config.image_seed)
+        reports.append(run_suite(images, image_suite(data.spec, config)))
+    return ValidationReport.combine(*reports).model_copy(
+        update={"data_root": str(data.root), "benchmark": data.spec.name, "rows": len(data.manifest)})
+
+
+def validate_folder(root: Path, benchmark: str = "auto", domains: list[str] | None = None,
+                    config: ValidationConfig | None = None, link_roots: tuple[Path, ...] = ()) -> ValidationReport:
+    """Read and validate a benchmark folder, no pipeline needed.
+
+    Raises:
+        InvalidValueError: the benchmark description is unusable (one sentence naming each wrong field).
+    """
+    return validate_benchmark(read_benchmark(Path(root), benchmark, domains, link_roots), config, link_roots)
+
+
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}
+main{max-width:1280px;margin:0 auto;padding:24px}
+header{border-radius:8px;padding:16px 20px;margin-bottom:20px;border:1px solid}
+header.passed{background:#dafbe1;border-color:#4ac26b} header.failed{background:#ffebe9;border-color:#ff8182}
+h1{margin:0 0 6px;font-size:22px} h2{font-size:17px;margin:28px 0 10px} h3{font-size:15px;margin:22px 0 6px}
+.facts{margin:0;color:#424a53} code{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #d0d7de;border-radius:6px}
+table.rows{table-layout:fixed}
+th,td{text-align:left;vertical-align:top;padding:6px 10px;border-bottom:1px solid #eaeef2}
+th{background:#f6f8fa;font-weight:600;white-space:nowrap} td.num{text-align:right;white-space:nowrap}
+td.path{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
+.critical{background:#cf222e;color:#fff} .warning{background:#bf8700;color:#fff} .off{background:#8c959f;color:#fff}
+.held{background:#1a7f37;color:#fff} .failed-badge{background:#cf222e;color:#fff}
+.warned{background:#bf8700;color:#fff} tr.fail td{background:#fff8f7} tr.warn td{background:#fff8e5}
+.note{color:#57606a;margin:0 0 8px} .more{color:#57606a;font-style:italic;margin:6px 0 0}
+"""
+
+
 def report_html(report: ValidationReport) -> str:
-    """A self-contained HTML page of the report, shown as a ZenML visualization."""
+    """The report as one self-contained page (no scripts, no external files): the verdict, every check with
+    its severity, what it expects and what it observed, then each failing check's rows by info file, row
+    and image path. Shown as the ZenML visualization, logged to the MLflow training run, and written by
+    ``udon data validate``."""
     from html import escape
 
-    head = ("<tr><th>check</th><th>severity</th><th>expectation</th><th>column</th><th>condition</th>"
-            "<th>expected</th><th>observed</th><th>result</th><th>rows</th></tr>")
-    body = []
-    for o in report.outcomes:
-        rows = "<br>".join(escape(f"{_where(r)} ({r.value!r})") for r in o.rows[:20])
-        status = "passed" if o.success else f"FAILED ({o.unexpected_count})"
-        condition = " ".join(x for x in (o.condition, f"({o.note})" if o.note else None) if x)
-        expected = ", ".join(f"{k}={v}" for k, v in o.expected.items())
-        observed = " ".join(x for x in (None if o.observed is None else str(o.observed),
-                                        None if o.element_count is None else f"of {o.element_count} rows") if x)
-        body.append(
-            f"<tr><td>{escape(o.check)}</td><td>{o.severity}</td><td>{escape(o.expectation)}</td>"
-            f"<td>{escape(str(o.column))}</td><td>{escape(condition)}</td><td>{escape(expected)}</td>"
-            f"<td>{escape(observed)}</td><td>{status}</td><td>{rows}</td></tr>"
-        )
-    verdict = "passed" if report.success else "FAILED: critical expectations did not hold"
+    failed = [o for o in report.outcomes if not o.success]
+    order = sorted(report.outcomes, key=lambda o: (o.success, o.severity != "critical"))
+    checks = "".join(_check_row(o, i) for i, o in enumerate(order))
+    sections = "".join(_rows_section(o, order.index(o)) for o in order if not o.success)
+    verdict = "passed" if report.success else "FAILED"
+    critical = sum(o.severity == "critical" for o in failed)
+    facts = [f"benchmark <b>{escape(report.benchmark)}</b>" if report.benchmark else "",
+             f"<code>{escape(report.data_root)}</code>" if report.data_root else "",
+             f"{report.rows:,} rows" if report.rows is not None else "",
+             f"{report.evaluated - len(failed)}/{report.evaluated} checks held, {critical} critical failure(s), "
+             f"{len(failed) - critical} warning(s)"]
     return (
-        f"<h2>Data validation: {escape(report.suite)}</h2><p>{verdict}</p>"
-        f"<table border='1' cellpadding='4'>{head}{''.join(body)}</table>"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Data validation {verdict}: "
+        f"{escape(report.benchmark or report.suite)}</title><style>{_STYLE}</style></head><body><main>"
+        f"<header class='{'passed' if report.success else 'failed'}'><h1>Data validation {verdict}</h1>"
+        f"<p class='facts'>{' &middot; '.join(f for f in facts if f)}</p></header>"
+        f"<h2>Checks</h2><table><thead><tr><th>result</th><th>check</th><th>severity</th><th>what it asserts</th>"
+        f"<th>expected</th><th>observed</th></tr></thead><tbody>{checks}</tbody></table>"
+        + (f"<h2>Failing rows</h2>{sections}" if sections else "")
+        + f"<p class='more'>suites: {escape(report.suite)}</p></main></body></html>"
     )
+
+
+def _check_row(o: ExpectationOutcome, i: int) -> str:
+    from html import escape
+
+    if o.success:
+        result, cls = "<span class='badge held'>held</span>", ""
+    else:
+        kind = "failed-badge" if o.severity == "critical" else "warned"
+        result = f"<a href='#f{i}'><span class='badge {kind}'>failed: {o.unexpected_count:,}</span></a>"
+        cls = " class='fail'" if o.severity == "critical" else " class='warn'"
+    what = CHECKS.get(o.check, ("", o.expectation))[1]
+    scope = " ".join(x for x in (f"column <code>{escape(str(o.column))}</code>" if o.column else "",
+                                 f"where <code>{escape(o.condition)}</code>" if o.condition else "") if x)
+    note = f"<br><span class='note'>{escape(o.note)}</span>" if o.note else ""
+    expected = escape(", ".join(f"{k} = {v}" for k, v in o.expected.items())) or "&mdash;"
+    return (f"<tr{cls}><td>{result}</td><td><b>{escape(o.check or o.expectation)}</b><br>"
+            f"<code>{escape(o.expectation)}</code></td><td><span class='badge {o.severity}'>{o.severity}</span></td>"
+            f"<td>{escape(what)}{(' (' + scope + ')') if scope else ''}{note}</td><td>{expected}</td>"
+            f"<td>{escape(_observed(o))}</td></tr>")
+
+
+def _observed(o: ExpectationOutcome) -> str:
+    if o.element_count is not None:  # a column-map expectation: the rows it looked at, the rows that failed
+        return f"{o.unexpected_count:,} of {o.element_count:,} rows unexpected"
+    if o.observed is not None:  # a table-level expectation's own value
+        return str(o.observed)
+    return "nothing" if o.success else f"{o.unexpected_count:,} finding(s)"
+
+
+def _rows_section(o: ExpectationOutcome, i: int) -> str:
+    from html import escape
+
+    reader = o.check == "info_file_format"  # the reader's findings: the file itself, the field at fault
+    rows = "".join(
+        f"<tr><td class='path'>{escape(r.path if reader else f'info_files/{r.domain}/{r.split}.json')}</td>"
+        f"<td class='num'>{'&mdash;' if r.row < 0 else r.row}</td>"
+        f"<td class='path'>{escape((r.field or '') if reader else r.path)}</td>"
+        f"<td class='path'>{escape(_value(r.value))}</td></tr>"
+        for r in o.rows)
+    more = o.unexpected_count - len(o.rows)
+    third, fourth = ("field", "problem") if reader else ("image path", "value")
+    return (f"<h3 id='f{i}'>{escape(o.check or o.expectation)} <span class='badge {o.severity}'>{o.severity}"
+            f"</span></h3><p class='note'>{escape(CHECKS.get(o.check, ('', ''))[1])}"
+            f"{(' &middot; ' + escape(o.note)) if o.note else ''}</p>"
+            f"<table class='rows'><colgroup><col style='width:26%'><col style='width:6%'><col style='width:34%'>"
+            f"<col style='width:34%'></colgroup><thead><tr><th>info file</th><th>row</th><th>{third}</th>"
+            f"<th>{fourth}</th></tr></thead><tbody>{rows}</tbody></table>"
+            + (f"<p class='more'>... and {more:,} more row(s): the report keeps the first {MAX_ROWS_PER_FAILURE} "
+               f"of each check</p>" if more > 0 else ""))
+
+
+def _value(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else repr(value)

@@ -96,6 +96,20 @@ def log_evaluation(reports: dict[str, dict[str, Any]], report_markdown: str) -> 
     mlflow.log_text(report_markdown, "evaluation/report.md")
 
 
+VALIDATION_ARTIFACTS = "validation"  # report.html (the page) and report.json, in the training run
+
+
+def log_validation_report(report: dict[str, Any], page: str) -> None:
+    """The data validation report the run trained after, as JSON and as its page, to the step's MLflow run
+    (the training run; the MLflow UI shows the page in its artifact view). A no-op without a tracker."""
+    if not _tracker_active():
+        return
+    import mlflow
+
+    mlflow.log_dict(report, f"{VALIDATION_ARTIFACTS}/report.json")
+    mlflow.log_text(page, f"{VALIDATION_ARTIFACTS}/report.html")
+
+
 LINEAGE_ARTIFACT = "lineage.json"
 
 

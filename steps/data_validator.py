@@ -10,17 +10,9 @@ import pandas as pd
 from zenml import log_metadata, save_artifact, step
 from zenml.types import HTMLString
 
-from integrations.expectations import (
-    ValidationConfig,
-    ValidationReport,
-    image_suite,
-    info_file_report,
-    manifest_suite,
-    report_html,
-    run_suite,
-)
+from integrations.expectations import ValidationConfig, ValidationReport, report_html, validate_benchmark
 from steps.data_ingester import DatasetVersion
-from udon_core.data import IMAGES_DIR, InfoFileProblem, annotate_manifest, inspect_images
+from udon_core.data import BenchmarkData, InfoFileProblem
 from udon_core.errors import UdonUserError
 
 
@@ -34,19 +26,11 @@ def data_validator(
 ) -> tuple[Annotated[ValidationReport, "validation_report"], Annotated[HTMLString, "validation_page"]]:
     """Run the manifest and image suites; keep the report as artifacts; raise before training on a critical
     failure (the message names every failing row and file)."""
-    root = dataset.local_root()
-    links = [Path(dataset.dvc_cache)] if dataset.dvc_cache else []  # DVC's symlink/hardlink cache types
-    frame = annotate_manifest(manifest, dataset.benchmark, root if config.check_files else None, dataset.classes,
-                              link_roots=links)
-    suites = [run_suite(frame, manifest_suite(dataset.benchmark, dataset.classes, config.check_files, config,
-                                              dataset.classes_source))]
-    if config.severity_of("info_file_format") != "off":
-        problems = [InfoFileProblem(**p) for p in dataset.info_file_problems]
-        suites.append(info_file_report(problems, config.severity_of("info_file_format")))
-    if config.check_images:
-        images = inspect_images(manifest, root / IMAGES_DIR, config.image_sample, config.image_seed)
-        suites.append(run_suite(images, image_suite(dataset.benchmark, config)))
-    report = ValidationReport.combine(*suites)
+    links = (Path(dataset.dvc_cache),) if dataset.dvc_cache else ()  # DVC's symlink/hardlink cache types
+    data = BenchmarkData(root=dataset.local_root(), spec=dataset.benchmark, manifest=manifest,
+                         problems=[InfoFileProblem(**p) for p in dataset.info_file_problems],
+                         classes=dataset.classes, classes_source=dataset.classes_source)
+    report = validate_benchmark(data, config, links)
     page = HTMLString(report_html(report))
     log_metadata(metadata={"validation_success": report.success, "expectations_evaluated": report.evaluated,
                            "critical_failures": len(report.critical_failures)})

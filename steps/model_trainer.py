@@ -11,12 +11,13 @@ import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
 from zenml.enums import ArtifactType
 
-from integrations.expectations import ValidationReport
+from integrations.expectations import ValidationReport, report_html
 from integrations.mlflow_tracking import (
     active_run_id,
     active_tracker_logger,
     flatten,
     log_dataset_input,
+    log_validation_report,
     mlflow_tracking_uri,
 )
 from integrations.teacher_sources import resolve_teacher_sources
@@ -43,6 +44,7 @@ def model_trainer(
     untrained = model.embedding_model()
     log = active_tracker_logger(params={"data.dvc_md5": dataset.dvc_md5, **flatten(config.model_dump(mode="json"))})
     log_dataset_input(dataset.benchmark.name, dataset.root, dataset.dvc_md5, manifest)
+    log_validation_report(validation.model_dump(mode="json"), report_html(validation))
     result, teachers = train_on_pinned_data(model, config, manifest, dataset, callback=log)
     # why: with the train step cached, later runs register in new MLflow runs; this names the training curves' run.
     summary = {**result.summary(), "mlflow_run_id": active_run_id() or "", "teachers": teachers,

@@ -1,7 +1,9 @@
-"""`udon data`: build the bundled demo benchmark, and compare the workspace with the DVC pin."""
+"""`udon data`: build the bundled demo benchmark, compare the workspace with the DVC pin, and validate a
+benchmark folder without the pipeline."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -11,7 +13,7 @@ from pipelines.cli.common import USER_ERRORS, fail
 
 @click.group()
 def data() -> None:
-    """The benchmark data: build the bundled demo, inspect the DVC version."""
+    """The benchmark data: build the bundled demo, inspect the DVC version, validate a folder."""
 
 
 @data.command("build")
@@ -41,3 +43,109 @@ def data_status(repo: Path, dvc_file: str) -> None:
     except USER_ERRORS as err:
         fail(err)
     click.echo(f"{dvc_file}: {pin.path} pinned at {pin.md5} ({pin.nfiles} files); workspace: {state}")
+
+
+# Exit codes of `udon data validate` (README, "Bring your own benchmark"): as linters and pytest use them, so
+# that CI can tell data that fails its checks from a command that could not check.
+PASSED, FAILED = 0, 1
+
+
+@data.command("validate")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--benchmark", default=None, help="'auto' (the folder's benchmark.json, else UnED), 'uned', "
+              "'demo' or a JSON file  [default: the run configuration's data.benchmark, else auto]")
+@click.option("--domains", default=None, help="comma-separated: validate these domains only")
+@click.option("--config", "config_path", default=None, type=click.Path(path_type=Path),
+              help="a run configuration (zenml.yaml): its validation: section and data.benchmark/domains are used")
+@click.option("--set", "overrides", multiple=True, metavar="validation.KEY=VALUE",
+              help="change a validation setting, e.g. validation.image_sample=1000 (repeatable)")
+@click.option("--out", default="validation-report.html", show_default=True, type=click.Path(path_type=Path),
+              help="the HTML report; the JSON report is written beside it")
+def data_validate(folder: Path, benchmark: str | None, domains: str | None, config_path: Path | None,
+                  overrides: tuple[str, ...], out: Path) -> None:
+    """Run the pipeline's validation suites on FOLDER (no pipeline run): print the verdict and write the report.
+
+    Exit code 0: passed (warnings allowed); 1: a critical check failed (the report says which rows); 2: the
+    folder could not be validated (missing, its benchmark.json unusable, a bad option).
+    """
+    from integrations.expectations import report_html, validate_folder
+
+    try:
+        settings, benchmark, chosen = _validation_settings(config_path, overrides, benchmark, domains)
+        folder, out = _validation_paths(folder, out)
+        report = validate_folder(folder, benchmark, chosen, settings, _dvc_cache_of(folder))
+    except USER_ERRORS as err:
+        fail(err)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report_html(report), encoding="utf-8")
+    out.with_suffix(".json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
+    _print_verdict(report)
+    click.echo(f"report: {out}\n        {out.with_suffix('.json')}")
+    sys.exit(PASSED if report.success else FAILED)
+
+
+def _validation_settings(config_path: Path | None, overrides: tuple[str, ...], benchmark: str | None,
+                         domains: str | None):
+    """(ValidationConfig, benchmark, domains) from the run configuration, the --set overrides and the flags."""
+    import yaml
+    from pydantic import ValidationError
+
+    from integrations.expectations import ValidationConfig
+    from udon_core.errors import InvalidValueError, MissingFileError
+    from udon_core.overrides import deep_merge, parse_override
+
+    params: dict = {}
+    if config_path is not None:
+        if not config_path.is_file():
+            raise MissingFileError(f"{config_path}: run configuration not found")
+        try:
+            params = (yaml.safe_load(config_path.read_text()) or {}).get("parameters") or {}
+        except (yaml.YAMLError, AttributeError) as err:
+            raise InvalidValueError(f"{config_path}: not a run configuration (YAML with parameters:): {err}") from err
+    section = params.get("validation") or {}
+    for text in overrides:
+        change = parse_override(text)
+        if set(change) != {"validation"}:
+            raise InvalidValueError(f"--set {text}: only validation.KEY=VALUE settings apply to udon data validate")
+        section = deep_merge(section, change["validation"])
+    try:
+        settings = ValidationConfig.model_validate(section)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(["validation", *(str(x) for x in first["loc"])])
+        raise InvalidValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from err
+    data = params.get("data") or {}
+    chosen = domains.split(",") if domains else data.get("domains")
+    return settings, benchmark or data.get("benchmark") or "auto", chosen
+
+
+def _validation_paths(folder: Path, out: Path) -> tuple[Path, Path]:
+    from udon_core.errors import InvalidValueError, MissingFileError
+
+    folder, out = folder.resolve(), out.resolve()
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder}: no such benchmark folder")
+    if out.is_relative_to(folder):
+        raise InvalidValueError(f"--out {out} is inside the folder being validated, which DVC versions: write the "
+                                "report elsewhere")
+    return folder, out
+
+
+def _dvc_cache_of(folder: Path) -> tuple[Path, ...]:
+    """The DVC cache of the repository holding ``folder``, where its files may link to (cache.type symlink)."""
+    for repo in (folder, *folder.parents):
+        if (repo / ".dvc").is_dir():
+            from integrations import dvc_store
+
+            return (dvc_store.cache_dir(repo),)
+    return ()
+
+
+def _print_verdict(report) -> None:
+    failed = [o for o in report.outcomes if not o.success]
+    critical = sum(o.severity == "critical" for o in failed)
+    click.echo(f"Data validation of {report.data_root} (benchmark {report.benchmark}, {report.rows:,} rows): "
+               f"{'passed' if report.success else 'FAILED'}, {report.evaluated - len(failed)}/{report.evaluated} "
+               f"checks held, {critical} critical failure(s), {len(failed) - critical} warning(s)")
+    for line in report.summary(rows_per_failure=5).splitlines()[1:]:
+        click.echo(f"  {line}")

@@ -170,7 +170,8 @@ def test_a_symlink_leaving_the_images_folder_is_refused_by_name(tmp_path):
     outside.write_bytes(b"png")
     (tmp_path / "images" / "c" / "t1.png").unlink()
     (tmp_path / "images" / "c" / "t1.png").symlink_to(outside)
-    (tmp_path / "images" / "c" / "inside.png").symlink_to(tmp_path / "images" / "c" / "t0.png")  # fine
+    (tmp_path / "images" / "c" / "unlisted.png").write_bytes(b"png")
+    (tmp_path / "images" / "c" / "inside.png").symlink_to(tmp_path / "images" / "c" / "unlisted.png")  # fine
     cache = tmp_path.parent / f"{tmp_path.name}-dvc-cache"
     cache.mkdir()
     (cache / "ab12").write_bytes(b"png")
@@ -254,7 +255,223 @@ def test_the_html_report_shows_what_was_expected_and_what_was_observed(tmp_path)
     assert big.expected == {"max_value": 1} and big.element_count == 3  # cars train rows: t0, t1, big
     assert big.observed == "33.33% unexpected"
     page = report_html(report)
-    assert "max_value=1" in page and "33.33% unexpected of 3 rows" in page
+    assert "max_value = 1" in page and "1 of 3 rows unexpected" in page
     from integrations.expectations import ValidationReport
 
     assert ValidationReport.model_validate_json(report.model_dump_json()) == report  # the artifact keeps them
+
+
+# ---- one image however its path is spelled; byte-identical copies; no crash on empty selections (#25) ----
+
+def _cars_rows(*extra):
+    return manifest([r for r in ROWS if r[3] != "c/c.png"] + list(extra))
+
+
+@pytest.mark.parametrize("spelling", ["c/./t0.png", "c//t0.png", "c/alias.png", "mirror/t0.png"])
+def test_the_same_file_however_spelled_is_listed_twice(tmp_path, spelling):
+    m = _cars_rows(("cars", "test", 2, spelling, [0]))
+    write_images(tmp_path, _cars_rows())
+    (tmp_path / "images" / "c" / "alias.png").symlink_to("t0.png")  # a link inside images/
+    (tmp_path / "images" / "mirror").symlink_to("c")                  # a folder link inside images/
+    frame = annotate_manifest(m, SPEC, tmp_path, CLASSES)
+    report = run_suite(frame, manifest_suite(SPEC, CLASSES))
+    (failed,) = report.critical_failures
+    assert failed.check == "unique_image"
+    assert sorted(r.path for r in failed.rows) == sorted(["c/t0.png", spelling])
+    assert {r.value for r in failed.rows} == {"cars: c/t0.png"}  # the file both rows are
+
+
+def test_links_into_the_dvc_cache_are_files_of_their_own(tmp_path):
+    # DVC's cache.type symlink links byte-identical files to one cache object: still two images of the folder
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "ab12").write_bytes(b"png")
+    m = _cars_rows(("cars", "test", 2, "c/d1.png", [0]), ("cars", "test", 3, "c/d2.png", [0]))
+    write_images(tmp_path, _cars_rows())
+    for name in ("d1.png", "d2.png"):
+        (tmp_path / "images" / "c" / name).symlink_to(cache / "ab12")
+    (tmp_path / "images" / "c" / "d3.png").symlink_to("d1.png")  # ... but a link to one of them is that one
+    frame = annotate_manifest(m, SPEC, tmp_path, CLASSES, link_roots=[cache])
+    assert frame["image_key"].tolist()[-2:] == ["cars: c/d1.png", "cars: c/d2.png"]
+    assert run_suite(frame, manifest_suite(SPEC, CLASSES)).success
+    m3 = _cars_rows(("cars", "test", 2, "c/d1.png", [0]), ("cars", "test", 3, "c/d3.png", [0]))
+    frame = annotate_manifest(m3, SPEC, tmp_path, CLASSES, link_roots=[cache])
+    assert frame["image_key"].tolist()[-2:] == ["cars: c/d1.png", "cars: c/d1.png"]
+
+
+def test_a_domain_whose_train_file_was_unreadable_does_not_break_the_checks(tmp_path):
+    # pandas refuses to assign an empty object selection to a bool column ("Invalid value '[]' for dtype 'bool'")
+    m = manifest([r for r in ROWS if r[:2] != ("shop", "train")])
+    write_images(tmp_path, m)
+    frame = annotate_manifest(m, SPEC, tmp_path, {"cars": 2})
+    assert frame["label_leaked"].dtype == bool and not frame["label_leaked"].any()
+    inferred = BenchmarkSpec(name="t", domains=(SPEC.domains[0], SPEC.domains[1]))
+    assert not annotate_manifest(manifest([r for r in ROWS if r[0] == "cars"]), inferred, tmp_path, {"cars": 2})[
+        "label_undense"].any()
+
+
+def test_the_containment_rule_cannot_be_relaxed_and_holds_without_file_checks(tmp_path):
+    with pytest.raises(ValueError, match="path_inside_root cannot be relaxed"):
+        ValidationConfig(severity={"path_inside_root": "off"})
+    with pytest.raises(ValueError, match="path_inside_root cannot be relaxed"):
+        ValidationConfig(severity={"path_inside_root": "warning"})
+    m = _cars_rows(("cars", "train", 2, "c/out.png", [1]))
+    write_images(tmp_path, _cars_rows())
+    (tmp_path / "outside.png").write_bytes(b"png")
+    (tmp_path / "images" / "c" / "out.png").symlink_to(tmp_path / "outside.png")
+    frame = annotate_manifest(m, SPEC, tmp_path, CLASSES)
+    report = run_suite(frame, manifest_suite(SPEC, CLASSES, check_files=False))
+    assert [o.check for o in report.critical_failures] == ["path_inside_root"]
+
+
+def test_the_image_check_never_opens_a_file_the_containment_rule_refused(tmp_path):
+    from PIL import Image
+
+    from tests.hostile import OpenedOutside
+    from udon_core.data import inspect_images
+
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    (root / "images" / "c").mkdir(parents=True)
+    outside.mkdir()
+    Image.new("RGB", (32, 32)).save(outside / "secret.png")
+    Image.new("RGB", (32, 32)).save(root / "images" / "c" / "ok.png")
+    (root / "images" / "c" / "link.png").symlink_to(outside / "secret.png")
+    (root / "images" / "d").symlink_to(outside)
+    m = manifest([("cars", "train", 0, "c/ok.png", [0]), ("cars", "train", 1, "c/link.png", [0]),
+                  ("cars", "train", 2, "d/secret.png", [0])])
+    for table in (annotate_manifest(m, SPEC, root, CLASSES), m):  # with the rule's column, and applying it
+        with OpenedOutside(root, tmp_path) as opened:
+            inspected = inspect_images(table, root / "images")
+        assert opened.files == []
+        assert inspected["decodes"].tolist() == [True, False, False]
+        assert inspected["error"].iloc[1].startswith("not opened:")
+
+
+def test_byte_identical_copies_in_another_info_file_are_the_same_image(tmp_path):
+    import shutil
+
+    from udon_core.data import inspect_images
+
+    m = _cars_rows(("cars", "test", 2, "c/copy.png", [0]), ("cars", "test", 3, "c/again.png", [0]),
+                   ("cars", "train", 2, "c/twin.png", [1]))
+    write_images(tmp_path, m)
+    for path in m["path"]:  # every file its own bytes...
+        (tmp_path / "images" / path).write_bytes(path.encode())
+    for name, content in (("t0.png", b"train image"), ("copy.png", b"train image"), ("again.png", b"train image"),
+                          ("twin.png", b"other")):
+        (tmp_path / "images" / "c" / name).write_bytes(content)
+    shutil.copyfile(tmp_path / "images" / "c" / "twin.png", tmp_path / "images" / "c" / "t1.png")
+    frame = annotate_manifest(m, SPEC, tmp_path, CLASSES)
+    inspected = inspect_images(frame, tmp_path / "images")
+    twins = dict(zip(inspected["path"], inspected["content_twin"]))
+    # copies of a train image in the test file are flagged, naming the original; within train they are not
+    assert twins["c/copy.png"] == twins["c/again.png"] == "c/t0.png"
+    assert twins["c/t0.png"] is None and twins["c/twin.png"] is None and twins["c/t1.png"] is None
+    report = run_suite(inspected, image_suite(SPEC, ValidationConfig(severity={"image_decodes": "off"})))
+    (failed,) = report.critical_failures
+    assert failed.check == "unique_content" and {r.path for r in failed.rows} == {"c/copy.png", "c/again.png"}
+
+
+def test_the_report_page_shows_each_check_its_severity_and_the_rows_by_file_and_row(tmp_path):
+    from integrations.expectations import ValidationReport, info_file_report
+    from udon_core.data import InfoFileProblem
+
+    m = _cars_rows(("cars", "train", 2, "c/big.png", [7]))
+    write_images(tmp_path, m)
+    report = ValidationReport.combine(
+        run_suite(annotate_manifest(m, SPEC, tmp_path, CLASSES), manifest_suite(SPEC, CLASSES)),
+        info_file_report([InfoFileProblem("/d/info_files/shop/val.json", 3, "class_id", "'class_id' must be an int")],
+                         "critical")).model_copy(update={"data_root": "/d", "benchmark": "tiny", "rows": 10})
+    page = report_html(report)
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page  # self-contained
+    assert "Data validation FAILED" in page and "benchmark <b>tiny</b>" in page and "10 rows" in page
+    assert page.index("train_label_in_range") < page.index("required_fields")  # failures first
+    assert "<span class='badge critical'>critical</span>" in page and "<span class='badge warning'>warning" in page
+    assert "max_value = 1" in page and "1 of 3 rows unexpected" in page
+    assert "<td class='path'>info_files/cars/train.json</td><td class='num'>2</td><td class='path'>c/big.png" in page
+    assert "<td class='path'>/d/info_files/shop/val.json</td><td class='num'>3</td><td class='path'>class_id" in page
+
+
+# ---- `udon data validate`: the pipeline's suites without the pipeline (issue #24 item 5) -----------------
+
+def test_udon_data_validate_prints_the_verdict_and_where_the_report_is(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+    from tests.byob import write_benchmark, write_corrupted_benchmark
+
+    clean = write_benchmark(tmp_path / "clean")
+    out = tmp_path / "reports" / "clean.html"
+    done = CliRunner().invoke(cli, ["data", "validate", str(clean), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert lines[0].startswith(f"Data validation of {clean} (benchmark my-benchmark, 65 rows): passed, 22/23 checks")
+    assert "[warning] image_mode" in done.output and "druck cmyk.jpg" in done.output
+    assert lines[-2:] == [f"report: {out}", f"        {out.with_suffix('.json')}"]
+    assert "Data validation passed" in out.read_text() and json.loads(out.with_suffix(".json").read_text())["success"]
+
+    broken = write_corrupted_benchmark(tmp_path / "broken", tmp_path / "outside")
+    done = CliRunner().invoke(cli, ["data", "validate", str(broken), "--out", str(tmp_path / "broken.html")])
+    assert done.exit_code == 1 and "FAILED" in done.output.splitlines()[0] and "Traceback" not in done.output
+    assert "[critical] path_inside_root" in done.output and (tmp_path / "broken.html").is_file()
+
+
+def test_udon_data_validate_uses_the_run_configuration_and_its_overrides(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+    from tests.byob import write_benchmark
+
+    root = write_benchmark(tmp_path / "data")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"parameters": {"data": {"domains": ["art"]},
+                                                     "validation": {"severity": {"image_mode": "critical"}}}}))
+    out = str(tmp_path / "r.html")
+    done = CliRunner().invoke(cli, ["data", "validate", str(root), "--config", str(config), "--out", out])
+    assert done.exit_code == 1 and "[critical] image_mode" in done.output and "shop" not in done.output
+    done = CliRunner().invoke(cli, ["data", "validate", str(root), "--config", str(config), "--out", out,
+                                    "--set", "validation.severity.image_mode=off", "--domains", "shop,art"])
+    assert done.exit_code == 0, done.output
+    assert "65 rows" in done.output.splitlines()[0]
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("no folder", "no such benchmark folder"),
+    ("bad description", "domains[1].num_train_classes: must be a whole number"),
+    ("report inside the folder", "is inside the folder being validated"),
+    ("not a validation setting", "only validation.KEY=VALUE settings"),
+    ("relaxed containment", "validation.severity: path_inside_root cannot be relaxed"),
+])
+def test_udon_data_validate_says_in_one_sentence_what_it_could_not_do(tmp_path, case, fragment):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+    from tests.byob import write_benchmark
+
+    root = write_benchmark(tmp_path / "data")
+    args = ["data", "validate", str(root), "--out", str(tmp_path / "r.html")]
+    if case == "no folder":
+        args[2] = str(tmp_path / "nope")
+    elif case == "bad description":
+        doc = json.loads((root / "benchmark.json").read_text())
+        doc["domains"][1]["num_train_classes"] = "3"
+        (root / "benchmark.json").write_text(json.dumps(doc))
+    elif case == "report inside the folder":
+        args[-1] = str(root / "r.html")
+    elif case == "not a validation setting":
+        args += ["--set", "training.train.steps=3"]
+    else:
+        args += ["--set", "validation.severity.path_inside_root=off"]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 2 and done.output.startswith("error: ") and fragment in done.output, done.output
+    assert len(done.output.strip().splitlines()) == 1 and not (tmp_path / "r.html").exists()
+
+
+def test_a_bare_yaml_off_switches_a_check_off():
+    # PyYAML reads `--set validation.severity.query_has_positive=off` (as the README writes it) as false
+    assert ValidationConfig(severity={"query_has_positive": False}).severity_of("query_has_positive") == "off"
