@@ -280,10 +280,10 @@ def _variants() -> list[Variant]:
           "file_exists"),
         v("huge class id, stated count", C, _both(
             lambda r, o: _save(r, "art/train/huge.jpg", 5, 900, "jpg"),
-            _add_records("art", "train", {"path": "art/train/huge.jpg", "class_id": 10**30})), "train_label_in_range"),
+            _add_records("art", "train", {"path": "art/train/huge.jpg", "class_id": 10**30})), "info_file_format"),
         v("huge class id, inferred count", C, _both(
             lambda r, o: _save(r, "shop/train/huge.png", 5, 901),
-            _add_records("shop", "train", {"path": "shop/train/huge.png", "class_id": 10**30})), "train_labels_dense"),
+            _add_records("shop", "train", {"path": "shop/train/huge.png", "class_id": 10**30})), "info_file_format"),
         v("benchmark.json is not UTF-8", C, lambda r, o: (r / "benchmark.json").write_bytes(b'{"name": "\xff"}'),
           "benchmark.json"),
         # -- leaks: the same image under another spelling, link or copy ---------------------------------
@@ -357,6 +357,22 @@ def build(variant: Variant, base: Path) -> tuple[Path, Path]:
     _outside_copy(root, outside)
     variant.make(root, outside)
     return root, outside
+
+
+def as_the_pipeline(root: Path):
+    """What ``udon run`` does with a folder up to the end of validation, without ZenML: read it (ingest),
+    store the manifest and the report as ZenML's materializers do (parquet, ``describe()``, JSON), validate."""
+    import io
+
+    from integrations.expectations import validate_benchmark
+    from udon_core.data import read_benchmark
+
+    data = read_benchmark(root)
+    data.manifest.to_parquet(io.BytesIO())
+    data.manifest.describe()
+    report = validate_benchmark(data)
+    report.model_dump_json()
+    return report
 
 
 @dataclass

@@ -7,6 +7,7 @@ report, as one message without a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,15 @@ def test_our_own_benchmark_runs_end_to_end_and_writes_nothing_to_home(tmp_path):
     assert "full report:" in out and "Registered model: udon-byob version 1" in out
     assert "Traceback" not in out
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+    # the validation report is an artifact of the training run, page and JSON
+    import mlflow
+
+    uri = out.split("--backend-store-uri '", 1)[1].split("'", 1)[0]
+    client = mlflow.MlflowClient(uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    found = {r.info.run_id: [a.path for a in client.list_artifacts(r.info.run_id, "validation")] for r in runs}
+    (logged,) = [paths for paths in found.values() if paths]
+    assert sorted(logged) == ["validation/report.html", "validation/report.json"]
 
 
 def test_every_defect_is_named_in_one_run_as_one_message(tmp_path):
@@ -65,3 +75,40 @@ def test_every_defect_is_named_in_one_run_as_one_message(tmp_path):
     missing = {name: (check, fragment) for name, (check, fragment) in DEFECTS.items()
                if check not in text or fragment not in text}
     assert not missing, text
+
+
+def test_a_hostile_benchmark_ends_in_one_report_or_one_sentence(tmp_path):
+    """Defects of every class of the hostile set at once: one validation report naming each, no traceback;
+    a description with a lax type: one sentence naming the field (issue #25)."""
+    from pipelines.cli import cli
+    from tests.hostile import VARIANTS
+
+    picked = {"query info file is bad JSON": "info_file_format", "NUL in an image path": "must not contain NUL",
+              "./ in a test path": "unique_image", "byte-identical copy in test": "unique_content",
+              "huge class id, inferred count": "must lie between"}
+
+    def write(root):
+        write_benchmark(root)
+        for variant in VARIANTS:
+            if variant.name in picked:
+                variant.make(root, tmp_path / "outside")
+
+    repo = _repo(tmp_path / "hostile", write)
+    config = tiny_run_config(repo, tmp_path / "run.yaml", registry={"model_name": "udon-byob-hostile"})
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 2 and "step 'data_validator' failed" in result.output, result.output
+    assert "Traceback" not in result.output and all(f in result.output for f in picked.values()), result.output
+
+    def lax(root):
+        write_benchmark(root)
+        doc = json.loads((root / "benchmark.json").read_text())
+        doc["domains"][1]["num_train_classes"] = "3"
+        (root / "benchmark.json").write_text(json.dumps(doc))
+
+    repo = _repo(tmp_path / "lax", lax)
+    config = tiny_run_config(repo, tmp_path / "lax.yaml", registry={"model_name": "udon-byob-lax"})
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "step 'data_ingester' failed" in result.output
+    assert 'domains[1].num_train_classes: must be a whole number from 1 to 1,000,000 (or absent: inferred from the ' \
+           'data), got "3" (a string)' in result.output

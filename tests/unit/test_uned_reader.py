@@ -217,3 +217,11 @@ def test_malformed_info_files_are_findings_not_exceptions(tmp_path, content, fra
     save_benchmark_spec(spec, tmp_path)
     data = read_benchmark(tmp_path)
     assert data.classes == {"cars": 5} and len(data.problems) == 1
+
+
+@pytest.mark.parametrize("label", [10**30, -(10**30), [1, 2**31], 2**31])
+def test_class_ids_beyond_64_bit_columns_are_refused_by_the_reader(tmp_path, label):
+    f = _write(tmp_path / "cars" / "train.json", [{"path": "ok.jpg", "class_id": 0}, {"path": "a.jpg", "class_id": label}])
+    with pytest.raises(InfoFileError, match=r"row 1: 'class_id' must lie between -2,147,483,647 and 2,147,483,647"):
+        read_info_file(f)
+    assert read_info_file(_write(tmp_path / "ok.json", [{"path": "a.jpg", "class_id": 2**31 - 1}]))[0].labels == (2**31 - 1,)

@@ -59,13 +59,24 @@ def info_file_path(root: Path, domain: str, split: str) -> Path:
     return Path(root) / INFO_DIR / domain / f"{split}.json"
 
 
+# why: JSON integers are unbounded, the manifest's columns and label tensors are 64-bit; a class id of 10**30
+# would crash storing the manifest. Negative ids within the bound are the label_non_negative check's.
+MAX_CLASS_ID = 2**31 - 1
+
+
 def _label_problem(value: object) -> str | None:
     # why: bool is an int subclass in Python, and `true` as a class id is a data bug, not class 1.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return None
-    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return None
-    return f"'class_id' must be an int or a non-empty list of ints, got {value!r}"
+    values = value if isinstance(value, list) else [value]
+    if not (value != [] and all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
+        return f"'class_id' must be an int or a non-empty list of ints, got {_short(value)}"
+    if any(abs(v) > MAX_CLASS_ID for v in values):
+        return f"'class_id' must lie between -{MAX_CLASS_ID:,} and {MAX_CLASS_ID:,}, got {_short(value)}"
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:45] + "..." + text[-10:]
 
 
 def _record_problems(item: object) -> list[tuple[str | None, str]]:
