@@ -395,7 +395,7 @@ table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #d0d7
 table.rows{table-layout:fixed}
 th,td{text-align:left;vertical-align:top;padding:6px 10px;border-bottom:1px solid #eaeef2}
 th{background:#f6f8fa;font-weight:600;white-space:nowrap} td.num{text-align:right;white-space:nowrap}
-td.path{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
+td.path{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all} td.what{min-width:18em}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
 .critical{background:#cf222e;color:#fff} .warning{background:#bf8700;color:#fff} .off{background:#8c959f;color:#fff}
 .held{background:#1a7f37;color:#fff} .failed-badge{background:#cf222e;color:#fff}
@@ -441,7 +441,8 @@ def _check_row(o: ExpectationOutcome, i: int) -> str:
         result, cls = "<span class='badge held'>held</span>", ""
     else:
         kind = "failed-badge" if o.severity == "critical" else "warned"
-        result = f"<a href='#f{i}'><span class='badge {kind}'>failed: {o.unexpected_count:,}</span></a>"
+        label = "failed" if o.severity == "critical" else "warned"
+        result = f"<a href='#f{i}'><span class='badge {kind}'>{label}: {o.unexpected_count:,}</span></a>"
         cls = " class='fail'" if o.severity == "critical" else " class='warn'"
     what = CHECKS.get(o.check, ("", o.expectation))[1]
     scope = " ".join(x for x in (f"column <code>{escape(str(o.column))}</code>" if o.column else "",
@@ -450,7 +451,7 @@ def _check_row(o: ExpectationOutcome, i: int) -> str:
     expected = escape(", ".join(f"{k} = {v}" for k, v in o.expected.items())) or "&mdash;"
     return (f"<tr{cls}><td>{result}</td><td><b>{escape(o.check or o.expectation)}</b><br>"
             f"<code>{escape(o.expectation)}</code></td><td><span class='badge {o.severity}'>{o.severity}</span></td>"
-            f"<td>{escape(what)}{(' (' + scope + ')') if scope else ''}{note}</td><td>{expected}</td>"
+            f"<td class='what'>{escape(what)}{(' (' + scope + ')') if scope else ''}{note}</td><td>{expected}</td>"
             f"<td>{escape(_observed(o))}</td></tr>")
 
 
