@@ -10,7 +10,8 @@ import pandas as pd
 from zenml import log_metadata, save_artifact, step
 from zenml.types import HTMLString
 
-from integrations.expectations import ValidationConfig, ValidationReport, report_html, validate_benchmark
+from integrations.expectations import ValidationConfig, ValidationReport, validate_benchmark
+from integrations.validation_page import report_html
 from steps.data_ingester import DatasetVersion
 from udon_core.data import BenchmarkData, InfoFileProblem
 from udon_core.errors import UdonUserError

@@ -11,7 +11,7 @@ import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
 from zenml.enums import ArtifactType
 
-from integrations.expectations import ValidationReport, report_html
+from integrations.expectations import ValidationReport
 from integrations.mlflow_tracking import (
     active_run_id,
     active_tracker_logger,
@@ -21,6 +21,7 @@ from integrations.mlflow_tracking import (
     mlflow_tracking_uri,
 )
 from integrations.teacher_sources import resolve_teacher_sources
+from integrations.validation_page import report_html
 from steps.data_ingester import DatasetVersion
 from steps.materializers import ModelFolderMaterializer
 from udon_core.model import EmbeddingModel, UdonModel

@@ -68,7 +68,8 @@ def data_validate(folder: Path, benchmark: str | None, domains: str | None, conf
     Exit code 0: passed (warnings allowed); 1: a critical check failed (the report says which rows); 2: the
     folder could not be validated (missing, its benchmark.json unusable, a bad option).
     """
-    from integrations.expectations import report_html, validate_folder
+    from integrations.expectations import validate_folder
+    from integrations.validation_page import report_html
 
     try:
         settings, benchmark, chosen = _validation_settings(config_path, overrides, benchmark, domains)

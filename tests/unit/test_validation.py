@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from integrations.expectations import ValidationConfig, image_suite, manifest_suite, report_html, run_suite
+from integrations.expectations import ValidationConfig, image_suite, manifest_suite, run_suite
+from integrations.validation_page import report_html
 from udon_core.data import BenchmarkSpec, DomainSpec, EvalSet, annotate_manifest, count_positives, leaked_labels
 
 SPEC = BenchmarkSpec(
