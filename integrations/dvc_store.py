@@ -77,6 +77,16 @@ def cache_dir(repo: Path) -> Path:
         return Path(dvc_repo.cache.local.path).resolve()
 
 
+def link_roots_of(folder: Path) -> tuple[Path, ...]:
+    """The DVC cache of the repository holding ``folder`` (none outside a DVC repository): where a
+    workspace's files may link to with ``cache.type`` symlink, so the containment rule of
+    ``udon_core.data.containment`` accepts them."""
+    for repo in (Path(folder).resolve(), *Path(folder).resolve().parents):
+        if (repo / ".dvc").is_dir():
+            return (cache_dir(repo),)
+    return ()
+
+
 def workspace_state(repo: Path, dvc_file: str = "data.dvc") -> WorkspaceState:
     """'clean' when the tracked path matches the pin, 'missing' when absent, 'modified' otherwise."""
     current = workspace_hash(repo, dvc_file)

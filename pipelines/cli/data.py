@@ -68,13 +68,14 @@ def data_validate(folder: Path, benchmark: str | None, domains: str | None, conf
     Exit code 0: passed (warnings allowed); 1: a critical check failed (the report says which rows); 2: the
     folder could not be validated (missing, its benchmark.json unusable, a bad option).
     """
+    from integrations import dvc_store
     from integrations.expectations import validate_folder
     from integrations.validation_page import report_html
 
     try:
         settings, benchmark, chosen = _validation_settings(config_path, overrides, benchmark, domains)
         folder, out = _validation_paths(folder, out)
-        report = validate_folder(folder, benchmark, chosen, settings, _dvc_cache_of(folder))
+        report = validate_folder(folder, benchmark, chosen, settings, dvc_store.link_roots_of(folder))
     except USER_ERRORS as err:
         fail(err)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,16 +131,6 @@ def _validation_paths(folder: Path, out: Path) -> tuple[Path, Path]:
         raise InvalidValueError(f"--out {out} is inside the folder being validated, which DVC versions: write the "
                                 "report elsewhere")
     return folder, out
-
-
-def _dvc_cache_of(folder: Path) -> tuple[Path, ...]:
-    """The DVC cache of the repository holding ``folder``, where its files may link to (cache.type symlink)."""
-    for repo in (folder, *folder.parents):
-        if (repo / ".dvc").is_dir():
-            from integrations import dvc_store
-
-            return (dvc_store.cache_dir(repo),)
-    return ()
 
 
 def _print_verdict(report) -> None:

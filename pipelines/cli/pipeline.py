@@ -78,6 +78,7 @@ def evaluate_cmd(model_uri: str | None, embeddings_in: Path | None, data_dir: Pa
     """Score a model on a benchmark folder: per-domain R@1 and mMP@5 (UnED protocol)."""
     import json
 
+    from integrations import dvc_store
     from udon_core.data import read_manifest, resolve_benchmark_spec
     from udon_core.evaluation import format_table
 
@@ -87,9 +88,10 @@ def evaluate_cmd(model_uri: str | None, embeddings_in: Path | None, data_dir: Pa
         data_dir = _data_folder(data_dir)
         # a registered model is resolved before the benchmark is read: a typo in its URI is reported at once
         model = _model(model_uri) if model_uri is not None and protocol != "oracle-teacher" else None
-        spec = resolve_benchmark_spec(benchmark, data_dir)
-        report, embeddings = _score(model_uri, model, embeddings_in, data_dir, read_manifest(data_dir, spec), spec,
-                                    split, protocol)
+        links = dvc_store.link_roots_of(data_dir)  # files may link into the DVC cache, nowhere else
+        spec = resolve_benchmark_spec(benchmark, data_dir, links)
+        report, embeddings = _score(model_uri, model, embeddings_in, data_dir,
+                                    read_manifest(data_dir, spec, link_roots=links), spec, split, protocol)
         if embeddings_out and embeddings is not None:
             embeddings.save(embeddings_out)
     except USER_ERRORS as err:

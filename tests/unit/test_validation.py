@@ -476,3 +476,19 @@ def test_udon_data_validate_says_in_one_sentence_what_it_could_not_do(tmp_path, 
 def test_a_bare_yaml_off_switches_a_check_off():
     # PyYAML reads `--set validation.severity.query_has_positive=off` (as the README writes it) as false
     assert ValidationConfig(severity={"query_has_positive": False}).severity_of("query_has_positive") == "off"
+
+
+def test_udon_data_validate_accepts_links_into_the_dvc_cache_of_the_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+    from tests.byob import write_benchmark
+    from tests.repos import init_repo, sh, track_data
+
+    repo = init_repo(tmp_path / "repo")
+    sh(repo, "dvc", "config", "cache.type", "symlink")
+    write_benchmark(repo / "data")
+    track_data(repo)
+    assert (repo / "data" / "info_files" / "art" / "train.json").is_symlink()  # into .dvc/cache
+    done = CliRunner().invoke(cli, ["data", "validate", str(repo / "data"), "--out", str(tmp_path / "r.html")])
+    assert done.exit_code == 0 and "passed" in done.output.splitlines()[0], done.output
