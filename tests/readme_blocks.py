@@ -53,6 +53,8 @@ BLOCKS: dict[str, tuple[str, str]] = {
     '{"name": "my-benchmark",': (RUN, "as the benchmark.json of /path/to/mydata, read by the pipeline's own reader"),
     "mkdir -p /path/to/my-repo && cd /path/to/my-repo && git init && dvc init && mv /path/to/mydata data \\": (
         RUN, "/path/to/mydata = tests/byob.py's two-domain benchmark with the README's benchmark.json"),
+    ".venv/bin/udon data validate /path/to/my-repo/data --out /tmp/my-benchmark.html   # exit 0, 1 or 2": (
+        RUN, "in the clone, on the my-repo the block above made"),
     "cd /path/to/udon-pipeline && export UDON_HOME=$PWD/.udon": (
         SKIP, "trains the whole pipeline; tests/integration/test_byob.py runs the same on the same benchmark"),
     "dvc add /path/to/uned_root   # or keep it in this repo as data/ and `dvc add data`": (

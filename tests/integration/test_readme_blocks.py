@@ -95,3 +95,9 @@ def test_make_run_prints_commands_that_work_pasted_and_the_quick_blocks_run_as_w
 
     spec = resolve_benchmark_spec("auto", repo / "data")  # the README's description, read as a run reads it
     assert spec.domain_names == ("shop", "art") and json.loads((repo / "data" / "benchmark.json").read_text())
+    validate = _block(".venv/bin/udon data validate /path/to/my-repo/data --out /tmp/my-benchmark.html   # exit 0, "
+                      "1 or 2").text
+    page = tmp_path / "my-benchmark.html"
+    checked = _bash(validate.replace("/path/to/my-repo", str(repo)).replace("/tmp/my-benchmark.html", str(page)),
+                    clone, env)
+    assert "(benchmark my-benchmark, 65 rows): passed" in checked and page.is_file()
