@@ -55,9 +55,8 @@ print(json.dumps(out))
 
 
 def test_decoding_the_memory_variants_stays_within_the_budget(tmp_path):
-    from udon_core.data.decode_budget import DECODE_BUDGET_BYTES
-
     from tests.byob import write_benchmark
+    from udon_core.data.decode_budget import DECODE_BUDGET_BYTES
 
     roots = {v.name: build(v, tmp_path / str(i))[0] for i, v in enumerate(by_kind("memory"))}
     clean = write_benchmark(tmp_path / "clean")
