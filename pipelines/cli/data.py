@@ -1,5 +1,5 @@
-"""`udon data`: build the bundled demo benchmark, compare the workspace with the DVC pin, and validate a
-benchmark folder without the pipeline."""
+"""`udon data`: build the bundled demo benchmark, pack a benchmark into shards, compare the workspace with the DVC
+pin, and validate a benchmark folder without the pipeline."""
 
 from __future__ import annotations
 
@@ -43,6 +43,46 @@ def data_status(repo: Path, dvc_file: str) -> None:
     except USER_ERRORS as err:
         fail(err)
     click.echo(f"{dvc_file}: {pin.path} pinned at {pin.md5} ({pin.nfiles} files); workspace: {state}")
+
+
+@data.command("pack")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--short-side", type=click.IntRange(min=8), help="re-encode images whose shorter side is larger at "
+              "this size (never upscaled); >= the train resize, e.g. 256 for 224 px crops")
+@click.option("--keep-bytes", is_flag=True, help="store every image's original bytes (the default): decoding is "
+              "bit-identical to the loose benchmark")
+@click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100),
+              help="JPEG quality of re-encoded JPEGs")
+@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1), help="MiB per shard")
+@click.option("--workers", type=click.IntRange(min=1), help="processes (default: every core)")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT")
+def data_pack(src: Path, out: Path, short_side: int | None, keep_bytes: bool, quality: int, shard_size: int,
+              workers: int | None, overwrite: bool) -> None:
+    """Pack the benchmark SRC (images/ + info_files/) into OUT: tar shards and an index, the same info files."""
+    from integrations import dvc_store
+    from udon_core.data import PackConfig, pack_benchmark
+    from udon_core.errors import InvalidValueError
+
+    try:
+        if keep_bytes and short_side is not None:
+            raise InvalidValueError("give either --short-side or --keep-bytes, not both")
+        config = PackConfig(short_side=short_side, quality=quality, shard_bytes=shard_size * 2**20,
+                            **({"workers": workers} if workers else {}))
+        result = pack_benchmark(src, out, config, link_roots=dvc_store.link_roots_of(src), overwrite=overwrite)
+    except USER_ERRORS as err:
+        fail(err)
+    mb = 2**20
+    click.echo(f"packed {result.records} records ({result.images} images, {result.resized} re-encoded) of {src} "
+               f"into {out}: {result.shards} shard(s), {result.packed_bytes / mb:.1f} MiB "
+               f"(source images {result.source_bytes / mb:.1f} MiB)")
+    if result.problems:
+        click.echo(f"{len(result.problems)} image(s) are not packed as readable images (validation names them "
+                   "too; all are listed in packed/pack.json):")
+        for problem in result.problems[:20]:
+            click.echo(f"  {problem}")
+        if len(result.problems) > 20:
+            click.echo(f"  ... and {len(result.problems) - 20} more")
 
 
 # Exit codes of `udon data validate` (README, "Bring your own benchmark"): as linters and pytest use them, so

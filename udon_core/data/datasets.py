@@ -1,4 +1,4 @@
-"""Datasets over UnED-style records: images read from ``<root>/images/<path>`` in record order."""
+"""Datasets over UnED-style records: the benchmark's images (loose or packed), in record order."""
 
 from __future__ import annotations
 
@@ -8,25 +8,32 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from udon_core.data.transforms import load_rgb
-from udon_core.data.uned import IMAGES_DIR, ImageRecord
+from udon_core.data.image_source import ImageSource, LooseImages, as_source
+from udon_core.data.uned import ImageRecord
 
 
 class ImageListDataset(Dataset):
-    """Images of a list of records, in the given order; item = (image tensor [3, S, S], first label, index).
+    """Images of a list of records, in the given order; item = (transform(image), first label, index).
 
     The first label is what a classifier trains on; evaluation reads all labels from the records, so the
     dataset does not need to carry lists through the default collate.
+
+    Args:
+        root: the benchmark folder (loose or packed, see ``image_source``) or an ``ImageSource``.
+        images_dir: read ``images_dir/<path>`` files instead (a plain folder of images).
+        draft: decode JPEGs at a reduced scale that keeps both sides at least this many pixels (``open_rgb``).
     """
 
-    def __init__(self, root: Path, records: Sequence[ImageRecord], transform: Callable, images_dir: Path | None = None) -> None:
-        self.images_dir = Path(images_dir) if images_dir is not None else Path(root) / IMAGES_DIR
+    def __init__(self, root: Path | ImageSource, records: Sequence[ImageRecord], transform: Callable,
+                 images_dir: Path | None = None, draft: int | None = None) -> None:
+        source = LooseImages(Path(images_dir)) if images_dir is not None else as_source(root)
         self.records = list(records)
-        self.transform = transform
+        self.reader = source.reader([r.path for r in self.records])
+        self.transform, self.draft = transform, draft
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        rec = self.records[i]
-        return self.transform(load_rgb(self.images_dir / rec.path)), rec.labels[0], i
+        image, _ = self.reader.open(i, self.draft)
+        return self.transform(image), self.records[i].labels[0], i

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from udon_core.data.datasets import ImageListDataset
+from udon_core.data.image_source import ImageSource
 from udon_core.data.uned import ImageRecord
 from udon_core.errors import InvalidValueError
 
@@ -92,12 +93,15 @@ class DomainStream:
             on its first batch and kept alive).
         pin_memory: pin host memory for faster copies to a GPU.
         shard: ``(rank, world_size)``: this process loads only its slice of each global batch of ``batch_size``.
+        draft: decode JPEGs at a reduced scale keeping both sides at least this many pixels (``open_rgb``).
+
+    ``root`` is the benchmark folder, loose or packed (``image_source``), or an ``ImageSource``.
     """
 
-    def __init__(self, root: Path, records: Sequence[ImageRecord], transform: Callable, batch_size: int,
-                 seed: int, num_workers: int = 0, position: int = 0, pin_memory: bool = False,
-                 shard: tuple[int, int] = (0, 1)) -> None:
-        self.dataset = SeededAugmentDataset(ImageListDataset(root, records, transform))
+    def __init__(self, root: Path | ImageSource, records: Sequence[ImageRecord], transform: Callable,
+                 batch_size: int, seed: int, num_workers: int = 0, position: int = 0, pin_memory: bool = False,
+                 shard: tuple[int, int] = (0, 1), draft: int | None = None) -> None:
+        self.dataset = SeededAugmentDataset(ImageListDataset(root, records, transform, draft=draft))
         self.batch_size, self.seed, self.num_workers, self.pin_memory = batch_size, seed, num_workers, pin_memory
         self.shard = shard
         self.position = position
@@ -118,7 +122,7 @@ class DomainStream:
         self.position, self._iter = position, None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch: images ``[B, 3, S, S]`` and labels ``[B]``."""
+        """The next batch: uint8 images ``[B, 3, S, S]`` (``normalize`` them on the device) and labels ``[B]``."""
         if self._iter is None:
             self._iter = iter(self._loader())
         images, labels = next(self._iter)

@@ -3,10 +3,15 @@
 Train (research/udon.md section 4): resize to ``resize x resize`` ignoring the aspect ratio, random crop
 ``size``, random horizontal flip, normalise. Eval: resize the shorter side to ``size`` keeping the aspect,
 centre crop ``size``, normalise. At the paper's 224 px, ``resize`` is 256.
+
+The transforms run in the loader and end in uint8 tensors; ``normalize`` converts a whole batch where the
+model runs. JPEGs are decoded at a reduced DCT scale when the transform's resize allows it (``open_rgb``'s
+``draft``; ``train_decode_side`` / ``eval_decode_side`` say how far).
 """
 
 from __future__ import annotations
 
+import io
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,10 +66,17 @@ def _to_8_bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(out)  # uint8, 2-D: mode L
 
 
-def open_rgb(path: str | Path) -> tuple[Image.Image, str]:
+def open_rgb(source: str | Path | bytes, name: str | None = None, draft: int | None = None) -> tuple[Image.Image, str]:
     """``(the image as 8-bit RGB, the file's own mode)``: the one image reader of training, evaluation,
     validation and ``udon embed``. Transparency is composited onto white, high-bit-depth grayscale is
     scaled to 8 bits, CMYK and palette images are converted by PIL.
+
+    Args:
+        source: a file path, or an encoded image's bytes (a record of a packed benchmark).
+        name: how errors name ``source`` when it is bytes (the record's path and shard).
+        draft: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least this many
+            pixels (PIL's ``Image.draft``): the transform's resize then starts from fewer pixels. Never below
+            ``draft``, never above the file's own size; other formats ignore it.
 
     Raises:
         ImageFileError: naming the file and what is wrong (missing, empty, not an image, truncated, a
@@ -75,18 +87,16 @@ def open_rgb(path: str | Path) -> tuple[Image.Image, str]:
     why white: emoji artwork is RGBA with a transparent background; converting straight to RGB would turn
     the background black in some files and white in others depending on the stored colour of clear pixels.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise ImageFileError(path, "empty file (0 bytes)")
-    with _pil_errors(path):
-        im = Image.open(path)
+    where, fp = _opened(source, name)
+    with _pil_errors(where):
+        im = Image.open(fp)
     with im:
+        if draft and im.format == "JPEG":
+            im.draft(None, (draft, draft))  # None: keep the file's colour mode; the budget pays the reduced size
         cost = decode_budget.decode_cost(im.mode, im.size, "transparency" in im.info)
-        give_back = decode_budget.PROCESS_BUDGET.hold(cost, path, f"{im.width}x{im.height} {im.mode}")
+        give_back = decode_budget.PROCESS_BUDGET.hold(cost, where, f"{im.width}x{im.height} {im.mode}")
         try:
-            with _pil_errors(path):
+            with _pil_errors(where):
                 im.load()  # the whole file: truncation shows up here
                 rgb = _rgb(im)
         except BaseException:
@@ -96,8 +106,23 @@ def open_rgb(path: str | Path) -> tuple[Image.Image, str]:
     return rgb, im.mode
 
 
+def _opened(source: str | Path | bytes, name: str | None) -> tuple[Path | str, Path | io.BytesIO]:
+    """(how errors name the image, what PIL opens); a missing or empty file is named before PIL sees it."""
+    if isinstance(source, bytes):
+        where = name or "<image bytes>"
+        if not source:
+            raise ImageFileError(where, "empty file (0 bytes)")
+        return where, io.BytesIO(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ImageFileError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageFileError(path, "empty file (0 bytes)")
+    return path, path
+
+
 @contextmanager
-def _pil_errors(path: Path) -> Iterator[None]:
+def _pil_errors(path: Path | str) -> Iterator[None]:
     """PIL's exceptions as one ImageFileError sentence naming the file."""
     try:
         yield
@@ -126,27 +151,49 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def train_transform(p: Preprocess) -> T.Compose:
-    """UDON's train augmentation: squash-resize, random crop, horizontal flip, normalise -> [3, S, S]."""
+    """UDON's train augmentation: squash-resize, random crop, horizontal flip -> uint8 ``[3, S, S]``.
+
+    The batch is converted to float and normalised where the model runs (``normalize``): a uint8 image is a
+    quarter of the bytes through the worker queue and the host-to-device copy, and the arithmetic is the
+    device's, not the loader's.
+    """
     return T.Compose(
         [
             T.ToImage(),
             T.Resize((p.resize_size, p.resize_size), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
             T.RandomCrop(p.image_size),
             T.RandomHorizontalFlip(),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(p.mean, p.std),
         ]
     )
 
 
 def eval_transform(p: Preprocess) -> T.Compose:
-    """UDON's eval preprocessing: shorter side to S, centre crop S, normalise -> [3, S, S]."""
+    """UDON's eval preprocessing: shorter side to S, centre crop S -> uint8 ``[3, S, S]`` (see ``normalize``)."""
     return T.Compose(
         [
             T.ToImage(),
             T.Resize(p.image_size, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
             T.CenterCrop(p.image_size),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(p.mean, p.std),
         ]
     )
+
+
+def train_decode_side(p: Preprocess) -> int:
+    """The fewest pixels per side a train image must decode to: it is squashed to ``resize x resize``."""
+    return p.resize_size
+
+
+def eval_decode_side(p: Preprocess) -> int:
+    """The fewest pixels per side an eval image must decode to: its shorter side becomes ``image_size``."""
+    return p.image_size
+
+
+def normalize(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
+    """uint8 ``[B, 3, S, S]`` (on any device) -> float32 ``(x / 255 - mean) / std``, on that device.
+
+    The same operations in the same order as torchvision's ``ToDtype(float32, scale=True)`` then
+    ``Normalize``, so a CPU batch is bit-identical to what the per-image transform gave before.
+    """
+    mean = torch.tensor(p.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(p.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return images.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)

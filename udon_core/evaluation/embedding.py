@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from udon_core.data.benchmark import BenchmarkSpec
 from udon_core.data.datasets import ImageListDataset
-from udon_core.data.transforms import Preprocess, eval_transform
+from udon_core.data.image_source import IMAGE_SUFFIXES, ImageSource, folder_source
+from udon_core.data.transforms import Preprocess, eval_decode_side, eval_transform, normalize
 from udon_core.data.uned import ImageRecord, records_of
 from udon_core.errors import InvalidValueError, MissingFileError, UnknownNameError
 from udon_core.progress import progress as show_progress
@@ -28,27 +29,30 @@ _META_KEY = "__udon_meta__"
 
 @torch.inference_mode()
 def embed_records(
-    model: nn.Module, root: Path, records: Sequence[ImageRecord], preprocess: Preprocess, batch_size: int = 128,
+    model: nn.Module, root: Path | ImageSource, records: Sequence[ImageRecord], preprocess: Preprocess,
+    batch_size: int = 128,
     device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True, desc: str = "embed",
     images_dir: Path | None = None,
 ) -> np.ndarray:
     """``[n, d]`` float32 L2-normalised embeddings of ``records``, in their order.
 
     ``model(x [B, 3, S, S]) -> [B, d]`` runs in eval mode (its train/eval mode is restored afterwards)
-    under bf16 autocast on CUDA, fp32 on CPU; outputs are re-normalised in float32. Images are read from
-    ``root/images/<path>``, or from ``images_dir/<path>`` when it is given.
+    under bf16 autocast on CUDA, fp32 on CPU; outputs are re-normalised in float32. Images are read from the
+    benchmark at ``root`` (loose or packed; or an ``ImageSource``), or from ``images_dir/<path>`` when it is
+    given; they travel as uint8 and are normalised on ``device``.
     """
     device = torch.device(device)
     was_training = model.training
     model = model.eval().to(device)
-    dataset = ImageListDataset(root, records, eval_transform(preprocess), images_dir=images_dir)
+    dataset = ImageListDataset(root, records, eval_transform(preprocess), images_dir=images_dir,
+                               draft=eval_decode_side(preprocess))
     loader = DataLoader(dataset, batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     chunks = []
     try:
         for images, _, _ in show_progress(loader, desc=desc, enabled=progress):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = model(images.to(device, non_blocking=True))
+                out = model(normalize(images.to(device, non_blocking=True), preprocess))
             chunks.append(F.normalize(out.float(), dim=-1).cpu().numpy())
     finally:
         model.train(was_training)
@@ -133,16 +137,16 @@ class EmbeddingSet:
         return cls(meta["split"], vectors, meta.get("source", ""))
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
 def embed_folder(model: nn.Module, folder: Path, **kw) -> tuple[list[str], np.ndarray]:
-    """Embed every image under ``folder`` (recursively, sorted paths): (relative paths, ``[n, d]``)."""
+    """Embed every image of ``folder`` (sorted paths): (paths, ``[n, d]``). A benchmark folder, loose or
+    packed, gives its images with paths relative to ``images/``; any other folder every image file under it,
+    recursively, with paths relative to it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"{folder}: not a folder of images")
-    paths = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    source = folder_source(folder)
+    paths = source.list_paths()
     if not paths:
         raise MissingFileError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     records = [ImageRecord(p, (0,)) for p in paths]
-    return paths, embed_records(model, folder, records, model.config.preprocess, images_dir=folder, **kw)
+    return paths, embed_records(model, source, records, model.config.preprocess, **kw)

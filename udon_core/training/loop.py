@@ -27,7 +27,8 @@ import torch
 
 from udon_core.data.benchmark import BenchmarkSpec
 from udon_core.data.domain_loader import DomainStream, stream_seed
-from udon_core.data.transforms import train_transform
+from udon_core.data.image_source import ImageSource, image_source
+from udon_core.data.transforms import normalize, train_decode_side, train_transform
 from udon_core.data.uned import records_of
 from udon_core.device import resolve_device
 from udon_core.errors import CheckpointError, InvalidValueError, NonFiniteLossError, UnknownNameError
@@ -243,13 +244,13 @@ def _wrap(task: Task, device: torch.device, ctx: DistContext) -> Callable[..., d
                                    find_unused_parameters=True)
 
 
-def _stream(root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, name: str, index: int, transform: Any,
-            cfg: TrainConfig, device: torch.device, ctx: DistContext) -> DomainStream:
+def _stream(source: ImageSource, manifest: pd.DataFrame, spec: BenchmarkSpec, name: str, index: int, transform: Any,
+            draft: int, cfg: TrainConfig, device: torch.device, ctx: DistContext) -> DomainStream:
     records = records_of(manifest, name, spec.domain(name).train)
     try:
-        return DomainStream(root, records, transform, cfg.batch_size, seed=stream_seed(cfg.seed, index),
+        return DomainStream(source, records, transform, cfg.batch_size, seed=stream_seed(cfg.seed, index),
                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                            shard=(ctx.rank, ctx.world_size))
+                            shard=(ctx.rank, ctx.world_size), draft=draft)
     except InvalidValueError as err:
         raise InvalidValueError(f"domain '{name}': {err} (lower train.batch_size)") from err
 
@@ -262,8 +263,10 @@ def build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: Bench
     task = build_task(model, cfg, per_rank_loss(cfg.loss, ctx), rank=ctx.rank)
     if cfg.compile:
         model.backbone.compile(backend=cfg.compile_backend)  # in place: parameter names are unchanged
-    transform = train_transform(model.config.preprocess)
-    streams = [_stream(root, manifest, spec, name, i, transform, cfg, device, ctx) for i, name in enumerate(model.domains)]
+    transform, draft = train_transform(model.config.preprocess), train_decode_side(model.config.preprocess)
+    source = image_source(root)  # loose or packed, read once for every domain's stream
+    streams = [_stream(source, manifest, spec, name, i, transform, draft, cfg, device, ctx)
+               for i, name in enumerate(model.domains)]
     # Every rank builds the same schedule from the same seed: all draw the same domain at each step.
     sampler = DomainSampler([len(s) for s in streams], cfg.sampler, total_steps=cfg.steps, seed=cfg.seed)
     return TrainingLoop(task, build_optimizer(task, cfg), sampler, streams, device, _wrap(task, device, ctx), ctx,
@@ -294,6 +297,7 @@ def train_step(loop: TrainingLoop, cfg: TrainConfig) -> dict[str, torch.Tensor |
     d = loop.sampler.draw(loop.step)
     domain = loop.task.domains[d]
     images, labels = (t.to(loop.device, non_blocking=True) for t in loop.streams[d].next())
+    images = normalize(images, loop.task.model.config.preprocess)  # uint8 travels; floats are made on the device
     amp = cfg.amp and loop.device.type == "cuda"
     with torch.autocast(loop.device.type, dtype=torch.bfloat16, enabled=amp):
         out = loop.forward(images, labels, domain)

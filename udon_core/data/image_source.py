@@ -1,0 +1,217 @@
+"""Where a benchmark's images are: loose files under ``images/`` or records in packed shards.
+
+The rest of the library reads images through this one seam, so datasets, evaluation's embedding, ``udon
+embed`` and validation's image check never branch on the layout: ``image_source(root)`` chooses it from what
+the folder holds (a packed index wins), ``source.reader(paths)`` gives a small picklable object that a
+DataLoader worker reads records through. Every error names the record's original path (and its shard).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from udon_core.data.shards import MISSING, OUTSIDE, PackedIndex, is_packed, read_record
+from udon_core.data.transforms import open_rgb
+from udon_core.data.uned import IMAGES_DIR, INFO_DIR
+from udon_core.errors import ImageFileError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def inside(images: Path, relative: str, link_roots: Sequence[Path] = ()) -> bool:
+    """True when ``images/relative`` resolves (symlinks followed) to a place inside ``images`` or inside one
+    of ``link_roots`` (a DVC cache whose ``cache.type`` is symlink links every file into it)."""
+    target = (images / relative).resolve()
+    return any(target.is_relative_to(Path(base).resolve()) for base in (images, *link_roots))
+
+
+class RecordReader(ABC):
+    """The images of a list of paths, by position; small and picklable, so DataLoader workers get a copy."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @abstractmethod
+    def exists(self, i: int) -> bool:
+        """False when there is no image for record ``i`` (a missing file, a path the packed index lacks)."""
+
+    @abstractmethod
+    def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
+        """``open_rgb`` of record ``i``: ``(8-bit RGB image, the file's own mode)``; ImageFileError names it."""
+
+    def original(self, i: int) -> tuple[int, int, str | None] | None:
+        """``(width, height, mode)`` of the image as it was before packing, when that differs from what
+        ``open`` decodes (a pre-resized record); None otherwise."""
+        return None
+
+
+class LooseReader(RecordReader):
+    """Files ``images_dir/<path>``, read as they are."""
+
+    def __init__(self, images_dir: Path, paths: Sequence[str]) -> None:
+        super().__init__(paths)
+        self.images_dir = Path(images_dir)
+
+    def exists(self, i: int) -> bool:
+        return (self.images_dir / self.paths[i]).is_file()
+
+    def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
+        return open_rgb(self.images_dir / self.paths[i], draft=draft)
+
+
+class PackedReader(RecordReader):
+    """Records of packed shards: one ``pread`` per image, checked against the index's CRC-32.
+
+    File descriptors are opened lazily per process and never pickled, so each DataLoader worker opens its
+    own (``pread`` does not move a shared file offset, so a descriptor inherited through fork is safe too).
+    """
+
+    def __init__(self, root: Path, shards: list[str], paths: Sequence[str], where: dict[str, np.ndarray]) -> None:
+        super().__init__(paths)
+        self.root, self.shards = Path(root), shards
+        self.shard_id, self.offset, self.length = where["shard_id"], where["offset"], where["length"]
+        self.crc, self.stored, self.found = where["crc32"], where["stored"], where["found"]
+        self.size = np.stack([where["width"], where["height"]], axis=1)
+        self.mode = where["mode"]
+        self._fds: dict[int, int] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fds": {}}
+
+    def __del__(self) -> None:
+        for fd in self.__dict__.get("_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def name(self, i: int) -> str:
+        shard = self.shard_id[i]
+        return self.paths[i] if shard < 0 else f"{self.paths[i]} in {self.root / self.shards[shard]}"
+
+    def exists(self, i: int) -> bool:
+        return bool(self.found[i]) and self.stored[i] != MISSING
+
+    def read(self, i: int) -> bytes:
+        """The stored bytes of record ``i``; ImageFileError naming the record and the shard."""
+        if not self.found[i]:
+            raise ImageFileError(self.paths[i], f"not in the packed index {self.root / 'packed/index.parquet'}")
+        if self.stored[i] in (MISSING, OUTSIDE):
+            why = "was missing" if self.stored[i] == MISSING else "resolved outside images/"
+            raise ImageFileError(self.paths[i], f"not packed: the file {why} when the benchmark was packed")
+        shard = int(self.shard_id[i])
+        try:
+            if shard not in self._fds:
+                self._fds[shard] = os.open(self.root / self.shards[shard], os.O_RDONLY)
+            return read_record(self._fds[shard], self.shards[shard], int(self.offset[i]), int(self.length[i]),
+                               int(self.crc[i]))
+        except FileNotFoundError as err:
+            raise ImageFileError(self.name(i), f"shard {self.shards[shard]} is missing") from err
+        except OSError as err:
+            raise ImageFileError(self.name(i), str(err)) from err
+
+    def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
+        return open_rgb(self.read(i), name=self.name(i), draft=draft)
+
+    def original(self, i: int) -> tuple[int, int, str | None] | None:
+        return int(self.size[i, 0]), int(self.size[i, 1]), self.mode[i]
+
+
+class ImageSource(ABC):
+    """A benchmark's images, whatever their layout."""
+
+    layout: str
+
+    @abstractmethod
+    def reader(self, paths: Sequence[str]) -> RecordReader:
+        """A reader over ``paths`` (relative to ``images/``), by position."""
+
+    @abstractmethod
+    def exists(self, paths: Sequence[str]) -> np.ndarray:
+        """bool per path: there is an image for it."""
+
+    @abstractmethod
+    def inside(self, paths: Sequence[str], link_roots: Sequence[Path] = ()) -> np.ndarray:
+        """bool per path: it stays inside ``images/`` (symlinks resolved; into ``link_roots`` is fine)."""
+
+    @abstractmethod
+    def list_paths(self) -> list[str]:
+        """Every image path the source holds, sorted."""
+
+
+class LooseImages(ImageSource):
+    """Image files under a folder (a benchmark's ``images/``, or any folder of images)."""
+
+    layout = "loose"
+
+    def __init__(self, images_dir: Path) -> None:
+        self.images_dir = Path(images_dir)
+
+    def reader(self, paths: Sequence[str]) -> RecordReader:
+        return LooseReader(self.images_dir, paths)
+
+    def exists(self, paths: Sequence[str]) -> np.ndarray:
+        return np.array([(self.images_dir / p).is_file() for p in paths], dtype=bool)
+
+    def inside(self, paths: Sequence[str], link_roots: Sequence[Path] = ()) -> np.ndarray:
+        return np.array([inside(self.images_dir, p, link_roots) for p in paths], dtype=bool)
+
+    def list_paths(self) -> list[str]:
+        return sorted(str(p.relative_to(self.images_dir)) for p in self.images_dir.rglob("*")
+                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class PackedImages(ImageSource):
+    """The records of a packed benchmark (``udon_core.data.shards``); the index is read once."""
+
+    layout = "packed"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.index = PackedIndex(self.root)
+
+    def reader(self, paths: Sequence[str]) -> RecordReader:
+        return PackedReader(self.root, self.index.shards, paths, self.index.lookup(list(paths)))
+
+    def exists(self, paths: Sequence[str]) -> np.ndarray:
+        where = self.index.lookup(list(paths))
+        return where["found"] & (where["stored"] != MISSING)
+
+    def inside(self, paths: Sequence[str], link_roots: Sequence[Path] = ()) -> np.ndarray:
+        # Decided when packing: a link out of images/ was recorded as OUTSIDE and its target never read.
+        return self.index.lookup(list(paths))["stored"] != OUTSIDE
+
+    def list_paths(self) -> list[str]:
+        where = self.index.table
+        stored = where.filter(np.isin(where["stored"].to_numpy(zero_copy_only=False), [MISSING, OUTSIDE],
+                                      invert=True))
+        return sorted(set(stored["path"].to_pylist()))
+
+
+def image_source(root: Path) -> ImageSource:
+    """The images of the benchmark at ``root``: packed when it holds a packed index, else ``root/images``."""
+    root = Path(root)
+    return PackedImages(root) if is_packed(root) else LooseImages(root / IMAGES_DIR)
+
+
+def folder_source(folder: Path) -> ImageSource:
+    """The images of any folder: a benchmark's (packed, or loose with ``images/`` and ``info_files/``), or
+    the image files under it."""
+    folder = Path(folder)
+    if is_packed(folder) or ((folder / IMAGES_DIR).is_dir() and (folder / INFO_DIR).is_dir()):
+        return image_source(folder)
+    return LooseImages(folder)
+
+
+def as_source(source: ImageSource | Path | str) -> ImageSource:
+    """``source`` itself, or the source of the benchmark folder it names."""
+    return source if isinstance(source, ImageSource) else image_source(Path(source))

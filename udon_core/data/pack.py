@@ -1,0 +1,315 @@
+"""``udon data pack``: a loose benchmark (``images/`` + ``info_files/``) becomes a packed one (``shards``).
+
+Every info file's images go, in file order, into that domain and split's tar shards; an image listed by
+several records is stored once. ``benchmark.json``, ``info_files/`` and the other top-level files are copied
+byte for byte, so readers, reports and errors still name the original path and row.
+
+- keep bytes (default): the original file bytes, so decoding is bit-identical to the loose benchmark;
+- ``short_side=N``: images whose shorter side exceeds N are decoded once (as training reads them: RGB,
+  transparency on white), resized to a shorter side of N with Lanczos and re-encoded (JPEG sources as JPEG at
+  ``quality``, others as PNG); smaller images keep their bytes (never upscaled).
+
+Nothing is dropped silently: an image that cannot be read is stored as it is (validation then names it by
+path and row, as for the loose benchmark), a missing file or a link out of ``images/`` is recorded as such
+(and the target of such a link is never read); ``PackResult.problems`` lists each by info file and row.
+Deterministic: the same input gives the same bytes (and DVC hash) whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import zlib
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import PIL
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from udon_core.data.benchmark import resolve_benchmark_spec
+from udon_core.data.image_source import inside
+from udon_core.data.shards import (
+    INDEX_SCHEMA,
+    META_FILE,
+    MISSING,
+    OUTSIDE,
+    PACK_FORMAT,
+    PACKED_DIR,
+    RESIZED,
+    STORED,
+    ShardWriter,
+    is_packed,
+    write_index,
+)
+from udon_core.data.transforms import open_rgb
+from udon_core.data.uned import IMAGES_DIR, INFO_DIR, ImageRecord, check_info_file
+from udon_core.errors import ImageFileError, InvalidValueError, MissingFileError, OutputExistsError
+from udon_core.progress import progress as show_progress
+
+_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+
+class PackConfig(BaseModel):
+    """How a benchmark is packed; all but ``workers`` decide the bytes (and so the DVC hash)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    short_side: int | None = Field(
+        default=None, ge=8, description="re-encode images with a larger shorter side at this size; None keeps "
+        "the original bytes. Choose it >= the train resize (256 for UDON's 224 px crops)")
+    quality: int = Field(default=90, ge=1, le=100, description="JPEG quality of re-encoded JPEG sources")
+    shard_bytes: int = Field(default=256 * 2**20, ge=2**16, description="largest shard file, in bytes")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="processes that "
+                         "read and encode images (1: in this process)")
+
+
+@dataclass(frozen=True)
+class PackProblem:
+    """A record whose image is not packed as a readable image: where it is listed and what is wrong."""
+
+    info_file: str
+    row: int
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.info_file} row {self.row}: {self.path}: {self.problem}"
+
+
+@dataclass
+class PackResult:
+    root: Path
+    records: int
+    images: int
+    resized: int
+    source_bytes: int
+    packed_bytes: int
+    shards: int
+    problems: list[PackProblem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """One image as the worker prepared it."""
+
+    stored: str
+    data: bytes = b""
+    ext: str = "bin"
+    width: int = 0
+    height: int = 0
+    mode: str | None = None
+    source_bytes: int = 0
+    problem: str | None = None
+
+
+def _resized(image: Image.Image, short_side: int, fmt: str | None, quality: int) -> tuple[bytes, str]:
+    scale = short_side / min(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    small = image.resize(size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        small.save(buf, format="JPEG", quality=quality)
+        return buf.getvalue(), "jpg"
+    small.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue(), "png"
+
+
+def prepare_image(images_dir: Path, path: str, link_roots: Sequence[Path], short_side: int | None,
+                  quality: int) -> _Packed:
+    """Read, check and (for ``short_side``) re-encode one image; a bad image keeps its bytes and its problem.
+
+    A path that resolves outside ``images_dir`` (and outside ``link_roots``) is never opened."""
+    full = Path(images_dir) / path
+    if not inside(Path(images_dir), path, link_roots):
+        return _Packed(OUTSIDE, problem="resolves outside images/: not read, not packed")
+    if not full.is_file():
+        return _Packed(MISSING, problem="file not found: not packed")
+    data = full.read_bytes()
+    try:
+        # the whole file is decoded, so a truncated image is found now (at 1/8 scale when only checking)
+        image, mode = open_rgb(data, name=str(full), draft=1 if short_side is None else 2 * short_side)
+    except ImageFileError as err:
+        return _Packed(STORED, data, Path(path).suffix.lower().lstrip(".") or "bin", source_bytes=len(data),
+                       problem=f"{err.reason} (stored as it is)")
+    with Image.open(io.BytesIO(data)) as im:  # decoded above, so the header reads
+        fmt, (width, height) = im.format, im.size
+    packed = _Packed(STORED, data, _EXT.get(fmt or "", "bin"), width, height, mode, len(data))
+    if short_side is None or min(width, height) <= short_side:
+        return packed
+    encoded, ext = _resized(image, short_side, fmt, quality)
+    return _Packed(RESIZED, encoded, ext, width, height, mode, len(data))
+
+
+def _prepare_chunk(jobs: list[tuple]) -> list[_Packed]:
+    return [prepare_image(*job) for job in jobs]
+
+
+def _chunks(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
+    chunk: list[tuple] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _info_files(src: Path) -> list[tuple[str, str]]:
+    """(domain, stem) of every info file: the benchmark's own first, in its order, then any others, sorted."""
+    spec = resolve_benchmark_spec("auto", src)
+    named = [(d.name, stem) for d in spec.domains for stem in d.info_files]
+    present = sorted((p.parent.name, p.stem) for p in (src / INFO_DIR).glob("*/*.json"))
+    return list(dict.fromkeys([*[n for n in named if n in present], *present]))
+
+
+def _copy_description(src: Path, out: Path) -> None:
+    """benchmark.json, info_files/ and any other top-level file, byte for byte."""
+    for item in sorted(src.iterdir()):
+        if item.is_file() and not item.name.startswith("."):
+            shutil.copyfile(item, out / item.name)
+    for info in sorted((src / INFO_DIR).rglob("*")):
+        if info.is_file():
+            target = out / info.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(info, target)
+
+
+@dataclass
+class _Plan:
+    """Every record to index, in order, and the unique images to pack, in the order they are stored."""
+
+    records: list[tuple[str, str, int, ImageRecord]] = field(default_factory=list)
+    images: list[tuple[str, str, int, ImageRecord]] = field(default_factory=list)  # first listing of each path
+
+
+def _plan(src: Path) -> _Plan:
+    plan, seen = _Plan(), set()
+    for domain, stem in _info_files(src):
+        rows, _ = check_info_file(src / INFO_DIR / domain / f"{stem}.json")  # bad rows: validation names them
+        for row, rec in rows:
+            plan.records.append((domain, stem, row, rec))
+            if rec.path not in seen:
+                seen.add(rec.path)
+                plan.images.append((domain, stem, row, rec))
+    return plan
+
+
+def _start_method() -> multiprocessing.context.BaseContext:
+    """fork (workers start at once) unless this process runs other threads (a ZenML step does): a fork copies
+    their held locks, so then spawn (each worker imports the library, seconds)."""
+    fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    return multiprocessing.get_context("fork" if fork else "spawn")
+
+
+def _prepared(src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[Path]) -> Iterator[_Packed]:
+    """The prepared images in plan order; at most a few chunks per worker in flight, so memory stays bounded
+    whatever the benchmark's size, and a worker that dies raises (BrokenProcessPool) instead of hanging."""
+    jobs = ((src / IMAGES_DIR, rec.path, tuple(link_roots), config.short_side, config.quality)
+            for _, _, _, rec in plan.images)
+    if config.workers == 1:
+        for chunk in _chunks(jobs, 1):
+            yield from _prepare_chunk(chunk)
+        return
+    with ProcessPoolExecutor(config.workers, mp_context=_start_method()) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(jobs, 16):
+            pending.append(pool.submit(_prepare_chunk, chunk))
+            if len(pending) >= 4 * config.workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _write_shards(tmp: Path, src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[Path],
+                  progress: bool) -> tuple[dict[str, dict], list[PackProblem]]:
+    """Pack every unique image; ``{path: index columns}`` and the problems found."""
+    where: dict[str, dict] = {}
+    problems: list[PackProblem] = []
+    writer: ShardWriter | None = None
+    bar = show_progress(total=len(plan.images), desc="pack", enabled=progress)
+    with bar:
+        for (domain, stem, row, rec), got in zip(plan.images, _prepared(src, plan, config, link_roots), strict=True):
+            shard, offset = None, -1
+            if got.stored in (STORED, RESIZED):
+                if writer is None or (writer.domain, writer.split) != (domain, stem):  # an info file's images
+                    if writer is not None:                                         # are contiguous in the plan
+                        writer.close()
+                    writer = ShardWriter(tmp, domain, stem, config.shard_bytes)
+                meta = {"path": rec.path, "domain": domain, "split": stem, "row": row,
+                        "class_id": rec.labels[0] if len(rec.labels) == 1 else list(rec.labels)}
+                shard, offset = writer.add(f"{row:09d}", got.ext, got.data, meta)
+            if got.problem:
+                problems.append(PackProblem(f"{domain}/{stem}.json", row, rec.path, got.problem))
+            where[rec.path] = {"stored": got.stored, "shard": shard, "offset": offset, "length": len(got.data),
+                               "crc32": zlib.crc32(got.data), "width": got.width, "height": got.height,
+                               "mode": got.mode, "source_bytes": got.source_bytes, "problem": got.problem}
+            bar.update(1)
+    if writer is not None:
+        writer.close()
+    return where, problems
+
+
+def _index_columns(plan: _Plan, where: dict[str, dict]) -> dict[str, list]:
+    cols: dict[str, list] = {name: [] for name in INDEX_SCHEMA.names}
+    for domain, stem, row, rec in plan.records:
+        for name, value in (("domain", domain), ("split", stem), ("row", row), ("path", rec.path),
+                            ("labels", list(rec.labels)), *where[rec.path].items()):
+            cols[name].append(value)
+    return cols
+
+
+def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
+    if not (src / IMAGES_DIR).is_dir() or not (src / INFO_DIR).is_dir():
+        if is_packed(src):
+            raise InvalidValueError(f"{src} is packed already")
+        raise MissingFileError(f"{src}: not a benchmark folder (needs {IMAGES_DIR}/ and {INFO_DIR}/)")
+    if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
+        raise InvalidValueError(f"{out}: the packed benchmark must be written outside {src}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+
+
+def pack_benchmark(src: Path, out: Path, config: PackConfig = PackConfig(), link_roots: Sequence[Path] = (),
+                   progress: bool = True, overwrite: bool = False) -> PackResult:
+    """Pack the loose benchmark ``src`` into ``out`` (module docstring). ``link_roots``: where image links
+    may point besides ``images/`` (the DVC cache of a symlinked workspace). Written under a temporary name
+    and renamed, so ``out`` is either the whole packed benchmark or absent."""
+    src, out = Path(src), Path(out)
+    _check_paths(src, out, overwrite)
+    plan = _plan(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
+    try:
+        _copy_description(src, tmp)
+        where, problems = _write_shards(tmp, src, plan, config, link_roots, progress)
+        write_index(tmp, _index_columns(plan, where))
+        shards = sorted(str(p.relative_to(tmp)) for p in (tmp / PACKED_DIR).rglob("*.tar"))
+        result = PackResult(out, len(plan.records), len(where), sum(w["stored"] == RESIZED for w in where.values()),
+                            sum(w["source_bytes"] for w in where.values()),
+                            sum((tmp / s).stat().st_size for s in shards), len(shards), problems)
+        _write_meta(tmp, config, result)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _write_meta(root: Path, config: PackConfig, result: PackResult) -> None:
+    meta = {"format": PACK_FORMAT, "stored": "original bytes" if config.short_side is None else
+            f"shorter side {config.short_side} px", **config.model_dump(exclude={"workers"}),
+            "pillow": PIL.__version__, "records": result.records, "images": result.images,
+            "resized": result.resized, "shards": result.shards, "source_bytes": result.source_bytes,
+            "packed_bytes": result.packed_bytes, "problems": [str(p) for p in result.problems]}
+    (root / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
