@@ -109,15 +109,16 @@ class PackedReader(RecordReader):
             why = "was missing" if self.stored[i] == MISSING else "resolved outside images/"
             raise ImageFileError(self.paths[i], f"not packed: the file {why} when the benchmark was packed")
         shard = int(self.shard_id[i])
+        path = self.root / self.shards[shard]
         try:
             if shard not in self._fds:
-                self._fds[shard] = os.open(self.root / self.shards[shard], os.O_RDONLY)
-            return read_record(self._fds[shard], self.shards[shard], int(self.offset[i]), int(self.length[i]),
+                self._fds[shard] = os.open(path, os.O_RDONLY)
+            return read_record(self._fds[shard], str(path), int(self.offset[i]), int(self.length[i]),
                                int(self.crc[i]))
         except FileNotFoundError as err:
-            raise ImageFileError(self.name(i), f"shard {self.shards[shard]} is missing") from err
-        except OSError as err:
-            raise ImageFileError(self.name(i), str(err)) from err
+            raise ImageFileError(self.paths[i], f"its shard {path} is missing") from err
+        except OSError as err:  # the reason names the shard: validation reports reasons beside the row
+            raise ImageFileError(self.paths[i], str(err)) from err
 
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
         return open_rgb(self.read(i), name=self.name(i), draft=draft)

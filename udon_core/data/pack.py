@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
-import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -52,7 +50,7 @@ from udon_core.data.shards import (
 )
 from udon_core.data.transforms import open_rgb
 from udon_core.data.uned import IMAGES_DIR, INFO_DIR, ImageRecord, check_info_file
-from udon_core.errors import ImageFileError, InvalidValueError, MissingFileError, OutputExistsError
+from udon_core.errors import ImageFileError, InvalidValueError, MissingFileError, OutputExistsError, UdonUserError
 from udon_core.progress import progress as show_progress
 
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
@@ -166,8 +164,11 @@ def _chunks(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
 
 def _info_files(src: Path) -> list[tuple[str, str]]:
     """(domain, stem) of every info file: the benchmark's own first, in its order, then any others, sorted."""
-    spec = resolve_benchmark_spec("auto", src)
-    named = [(d.name, stem) for d in spec.domains for stem in d.info_files]
+    try:
+        spec = resolve_benchmark_spec("auto", src)
+        named = [(d.name, stem) for d in spec.domains for stem in d.info_files]
+    except UdonUserError:  # the order only lays out the shards; reading the packed copy reports the description
+        named = []
     present = sorted((p.parent.name, p.stem) for p in (src / INFO_DIR).glob("*/*.json"))
     return list(dict.fromkeys([*[n for n in named if n in present], *present]))
 
@@ -204,13 +205,6 @@ def _plan(src: Path) -> _Plan:
     return plan
 
 
-def _start_method() -> multiprocessing.context.BaseContext:
-    """fork (workers start at once) unless this process runs other threads (a ZenML step does): a fork copies
-    their held locks, so then spawn (each worker imports the library, seconds)."""
-    fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-    return multiprocessing.get_context("fork" if fork else "spawn")
-
-
 def _prepared(src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[Path]) -> Iterator[_Packed]:
     """The prepared images in plan order; at most a few chunks per worker in flight, so memory stays bounded
     whatever the benchmark's size, and a worker that dies raises (BrokenProcessPool) instead of hanging."""
@@ -220,7 +214,8 @@ def _prepared(src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[P
         for chunk in _chunks(jobs, 1):
             yield from _prepare_chunk(chunk)
         return
-    with ProcessPoolExecutor(config.workers, mp_context=_start_method()) as pool:
+    # the platform's default start method, as torch's DataLoader workers use it (fork on Linux)
+    with ProcessPoolExecutor(config.workers) as pool:
         pending: deque = deque()
         for chunk in _chunks(jobs, 16):
             pending.append(pool.submit(_prepare_chunk, chunk))

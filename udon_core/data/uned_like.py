@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import os
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -164,9 +162,7 @@ def _render_all(jobs: list[tuple], workers: int, progress: bool) -> None:
                 _render(job)
                 bar.update(1)
             return
-        fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-        ctx = multiprocessing.get_context("fork" if fork else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(workers) as pool:
             for _ in pool.map(_render, jobs, chunksize=8):
                 bar.update(1)
 
