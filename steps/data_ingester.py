@@ -12,7 +12,8 @@ from zenml import log_metadata, step
 
 from integrations import dvc_store
 from integrations.git import git_revision
-from udon_core.data import BenchmarkSpec, read_benchmark
+from udon_core.data import BenchmarkSpec, image_source, packing_of, read_benchmark
+from udon_core.errors import InvalidValueError
 
 
 class DataConfig(BaseModel):
@@ -34,6 +35,10 @@ class DataConfig(BaseModel):
     remote: str | None = Field(
         default=None, description="the DVC remote a step pulls the pinned version from where the repository is "
         "not present (the pod of a remote orchestrator); the runner sets the repository's default remote if unset")
+    packing: str = Field(
+        default="any", pattern=r"^(any|loose|keep-bytes|short-side [1-9][0-9]*)$",
+        description="the form the run expects the pinned folder in, as `udon data pack` writes it: 'keep-bytes', "
+        "'short-side N', 'loose' (image files) or 'any'; another form stops the ingest step saying how to pack it")
 
 
 class DatasetVersion(BaseModel):
@@ -80,6 +85,20 @@ def _fetch(config: DataConfig) -> Path:
     return dvc_store.fetch_pinned(config.pinned_md5, config.pinned_path, config.remote)
 
 
+def _check_packing(target: Path, expected: str) -> str:
+    """How ``target`` holds its images ('loose', 'keep-bytes', 'short-side N'); an error when the run expects
+    another form (a loose UnED costs every pod ~1 h of DVC pull, README "Data at UnED scale")."""
+    found = packing_of(target)
+    if found != "loose":
+        image_source(target)  # reads the index: a damaged one stops the run here, named
+    if expected not in ("any", found):
+        fix = ("use the loose folder it was packed from" if expected == "loose" else
+               f"pack it (udon data pack <loose folder> <packed folder> --{expected}) and dvc add the packed folder")
+        raise InvalidValueError(f"data.packing: this run expects the data as '{expected}', but {target} is "
+                                f"'{found}': {fix}; or give --set data.packing={found}")
+    return found
+
+
 @step
 def data_ingester(config: DataConfig) -> tuple[Annotated[pd.DataFrame, "manifest"], Annotated[DatasetVersion, "dataset"]]:
     """Pull (or rebuild and verify) the pinned benchmark, read its info files into a manifest."""
@@ -92,6 +111,7 @@ def data_ingester(config: DataConfig) -> tuple[Annotated[pd.DataFrame, "manifest
     else:  # a step pod of a remote orchestrator: no repository here, the runner recorded the pin and the remote
         target, md5, rev, cache = _fetch(config), str(config.pinned_md5), None, None
         how = "fetched"
+    packing = _check_packing(target, config.packing)
     # why collect: every info-file defect is reported in one validation report, not one per run; files are
     # read only inside the folder (and the DVC cache its links point into).
     data = read_benchmark(target, config.benchmark, config.domains, link_roots=(Path(cache),) if cache else ())
@@ -104,6 +124,7 @@ def data_ingester(config: DataConfig) -> tuple[Annotated[pd.DataFrame, "manifest
     )
     log_metadata(
         metadata={"dvc_md5": md5, "dvc_file_git_rev": dataset.dvc_file_git_rev or "", "data_source": how,
+                  "packing": packing,
                   "benchmark": spec.name, "num_images": len(manifest)},
         artifact_name="dataset", infer_artifact=True,
     )

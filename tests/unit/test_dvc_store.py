@@ -139,3 +139,18 @@ def test_a_cluster_run_accepts_storage_its_pods_can_reach(remote):
 def test_a_cluster_run_refuses_a_remote_only_this_machine_has(remote, found):
     with pytest.raises(DataVersionError, match=f"data.remote: .*{found}.*--set data.remote=s3://BUCKET/PATH"):
         dvc_store.require_shared_remote(remote)
+
+
+def test_a_pod_fetches_a_packed_benchmark_as_its_shards_and_reads_it(tmp_path):
+    from tests.unit.tiny_benchmark import write_tiny_benchmark
+    from udon_core.data import PackConfig, image_source, is_packed, pack_benchmark, tree_digest
+
+    repo = init_repo(tmp_path / "repo", remote=tmp_path / "remote")
+    pack_benchmark(write_tiny_benchmark(tmp_path / "loose"), repo / "data", PackConfig(workers=1), progress=False)
+    track_data(repo, "packed v1", push=True)
+    pin = dvc_store.read_pin(repo)
+    assert pin.nfiles == 10  # per domain and info file: the info file and one shard; the index, pack.json
+    got = dvc_store.fetch_pinned(pin.md5, pin.path, dvc_store.remote_url(repo), tmp_path / "pod-cache")
+    assert is_packed(got) and tree_digest(got) == tree_digest(repo / "data")
+    reader = image_source(got).reader(["shapes/train/0_0.png"])
+    assert reader.open(0)[0].size == (16, 16)

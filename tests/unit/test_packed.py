@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tarfile
 import zlib
 
@@ -312,3 +313,23 @@ def test_embed_folder_gives_a_packed_benchmark_the_paths_of_the_loose_one(byob):
     assert names == packed_names and names[0] == "art/test/Gemälde 0 – 0.png" and np.array_equal(loose, vectors)
     with pytest.raises(ImageFileError):
         ImageListDataset(packed, [ImageRecord("nowhere.png", (0,))], lambda x: x)[0]
+
+
+def test_the_ingest_step_checks_the_form_the_run_expects(byob, tmp_path):
+    from steps.data_ingester import DataConfig, _check_packing
+    from udon_core.data import packing_of
+
+    src, packed = byob
+    assert (packing_of(src), packing_of(packed)) == ("loose", "keep-bytes")
+    assert _check_packing(packed, "any") == _check_packing(packed, "keep-bytes") == "keep-bytes"
+    with pytest.raises(ValueError, match=re.escape(
+            f"data.packing: this run expects the data as 'short-side 288', but {src} is 'loose': pack it "
+            "(udon data pack <loose folder> <packed folder> --short-side 288) and dvc add the packed folder; "
+            "or give --set data.packing=loose")):
+        _check_packing(src, "short-side 288")
+    with pytest.raises(ValueError, match="packing"):
+        DataConfig(packing="short-side")
+    shutil.copytree(packed, tmp_path / "p")
+    (tmp_path / "p" / "packed" / "index.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(PackedIndexError, match="damaged or unreadable packed index"):
+        _check_packing(tmp_path / "p", "any")

@@ -151,6 +151,15 @@ def read_pack_meta(root: Path) -> dict:
     return meta
 
 
+def packing_of(root: Path) -> str:
+    """How the benchmark at ``root`` holds its images, named as ``udon data pack``'s flags: 'loose' (image
+    files), 'keep-bytes' or 'short-side N' (a PackedIndexError names a damaged description)."""
+    if not is_packed(root):
+        return "loose"
+    side = read_pack_meta(root).get("short_side")
+    return "keep-bytes" if side is None else f"short-side {side}"
+
+
 class PackedIndex:
     """The location of every packed image, looked up by source path (loaded once, columns kept in Arrow)."""
 
