@@ -97,20 +97,29 @@ def loader_rate(root: Path, transform, draft: int | None, images: int, batch: in
     return {"images": n, "cpu_s": cpu, "per_core": n / cpu, "per_wall_s": n / wall}
 
 
-def loader_table(loose: Path, keep: Path, small: Path, image_size: int, images: int, batch: int) -> list[tuple]:
+def loader_table(loose: Path, keep: Path, small: Path, image_size: int, images: int, batch: int,
+                 repeats: int) -> list[tuple]:
+    """Each loader row ``repeats`` times, round robin (so a burst of load on a shared machine hits every row
+    alike); per row the run with the least CPU time (the least disturbed)."""
     p = Preprocess(image_size=image_size)
     before = T.Compose([train_transform(p), T.ToDtype(torch.float32, scale=True), T.Normalize(p.mean, p.std)])
     now, draft = train_transform(p), train_decode_side(p)
-    rows = [("before #22: loose, full decode, float in the worker", loader_rate(loose, before, None, images, batch)),
-            ("loose, draft decode, uint8", loader_rate(loose, now, draft, images, batch)),
-            ("packed original bytes, draft decode, uint8", loader_rate(keep, now, draft, images, batch)),
-            ("packed pre-resized, uint8", loader_rate(small, now, draft, images, batch))]
-    return rows
+    rows = {"before #22: loose, full decode, float in the worker": (loose, before, None),
+            "loose, draft decode, uint8": (loose, now, draft),
+            "packed original bytes, draft decode, uint8": (keep, now, draft),
+            "packed pre-resized, uint8": (small, now, draft)}
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for name, (root, transform, d) in rows.items():
+            r = loader_rate(root, transform, d, images, batch)
+            if name not in best or r["per_core"] > best[name]["per_core"]:
+                best[name] = r
+    return list(best.items())
 
 
-def dvc_cycle(folder: Path, work: Path, name: str, images: int) -> dict:
-    """``dvc add`` + ``dvc push`` of a copy of ``folder`` in a fresh repository, then a pod's ``fetch_pinned``;
-    seconds per 10,000 images."""
+def dvc_cycle(folder: Path, work: Path, name: str, images: int, fetch_repeats: int = 3) -> dict:
+    """``dvc add`` + ``dvc push`` of a copy of ``folder`` in a fresh repository, then a pod's ``fetch_pinned``
+    (``fetch_repeats`` times); seconds per 10,000 images."""
     from dvc.repo import Repo
 
     from integrations import dvc_store
@@ -129,16 +138,23 @@ def dvc_cycle(folder: Path, work: Path, name: str, images: int) -> dict:
             conf["remote"]["local"] = {"url": str(remote)}
     timings = {}
     with Repo(str(repo_dir)) as repo:
+        os.sync()  # why: the copy's writeback must not land in the timed operations
         t = time.perf_counter()
         repo.add(str(repo_dir / "data"))
         timings["add"] = time.perf_counter() - t
+        os.sync()
         t = time.perf_counter()
         repo.push()
         timings["push"] = time.perf_counter() - t
     pin = dvc_store.read_pin(repo_dir)
-    t = time.perf_counter()
-    dvc_store.fetch_pinned(pin.md5, pin.path, str(remote), cache_root=fetched)
-    timings["fetch"] = time.perf_counter() - t
+    fetches = []
+    for i in range(fetch_repeats):  # a pod's fetch into an empty data cache each time; the fastest is kept
+        os.sync()
+        t = time.perf_counter()
+        dvc_store.fetch_pinned(pin.md5, pin.path, str(remote), cache_root=fetched / str(i))
+        fetches.append(time.perf_counter() - t)
+        shutil.rmtree(fetched / str(i))
+    timings["fetch"] = min(fetches)
     shutil.rmtree(base, ignore_errors=True)
     return {"files": files, **{k: v * 10_000 / images for k, v in timings.items()}}
 
@@ -210,6 +226,7 @@ def main() -> None:
     p.add_argument("--short-side", type=int, default=288, help="the pre-resized pack's shorter side")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--loader-images", type=int, default=2_000, help="images timed per loader row")
+    p.add_argument("--repeats", type=int, default=3, help="loader measurements per row (the best is kept)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--pack-workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--skip-dvc", action="store_true")
@@ -226,7 +243,7 @@ def main() -> None:
     small, small_pack = packed(loose, args.work, args.short_side, args.pack_workers)
     figures: dict = {"images": args.images, "load_before": load, "cores": os.cpu_count(),
                      "pack": {"keep-bytes": keep_pack, f"short-side {args.short_side}": small_pack}}
-    rows = loader_table(loose, keep, small, args.image_size, args.loader_images, 32)
+    rows = loader_table(loose, keep, small, args.image_size, args.loader_images, 32, args.repeats)
     figures["loader"] = dict(rows)
     if not args.skip_dvc:
         figures["dvc"] = {name: dvc_cycle(folder, args.work, name, args.images)
@@ -264,11 +281,10 @@ def report(f: dict, args) -> None:
         for name, r in list(f["dvc"].items())[1:]:
             print(f"  fetch {name}: {loose / r['fetch']:.1f}x faster than loose")
     if "gpu" in f:
-        g = f["gpu"]
+        g, loop = f["gpu"], f["gpu"]["real_loop"]
         print(f"\n{g['device']}: synthetic batches {g['synthetic_images_per_s']:.0f} images/s; real loop on the "
-              f"pre-resized pack {g['real_loop']['images_per_s']:.0f} images/s ({g['real_loop']['step_ms']:.1f} ms/step, "
-              f"GPU utilisation {g['real_loop']['gpu_util']:.0f}%, {g['real_loop']['domains']} domains x "
-              f"{g['real_loop']['workers_per_domain']} workers)")
+              f"pre-resized pack {loop['images_per_s']:.0f} images/s ({loop['step_ms']:.1f} ms/step, GPU utilisation "
+              f"{loop['gpu_util']:.0f}%, {loop['domains']} domains x {loop['workers_per_domain']} workers)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ UNED_FILES = {
     "sop": {"train": 48_942, "val": 10_609, "test": 60_502},
     "inshop": {"train": 20_897, "val": 4_982, "test": 14_218, "index": 12_612},
     "inat": {"train": 273_929, "val": 51_917, "test": 136_093},
-    "met": {"train": 397_121, "val": 129, "small_index": 38_307, "test": 1_003},
+    "met": {"train": 397_121, "small_index": 38_307, "val": 129, "test": 1_003},
     "gldv2": {"train": 1_422_914, "val": 157_556, "test": 1_129, "index": 761_757},
     "rp2k": {"train": 188_724, "val": 17_185, "test": 10_931},
 }
@@ -43,14 +43,18 @@ def write_info_files(root: Path, scale: float) -> int:
     total = 0
     for domain, files in UNED_FILES.items():
         k = UNED.domain(domain).num_train_classes
+        written: dict[str, np.ndarray] = {}
         for stem, n in files.items():
             n = max(4, int(n * scale))
-            if stem == "train" or domain == "met":
+            if stem == "train":
                 labels = np.sort(rng.integers(0, k, n))
+            elif domain == "met":  # small_index and test query the train classes, val the small index's
+                labels = np.repeat(written["small_index" if stem == "val" else "train"], 2)[:n]
             else:  # held-out classes in pairs; a separate index repeats the query classes
-                labels = k + 10 * (np.arange(n) // 2)
+                labels = k + 10 * np.minimum(np.arange(n) // 2, (n - 2) // 2)  # an odd last one joins a pair
                 if stem == "test" and "index" in files:
                     labels = k + 10 * (np.arange(n) % max(1, int(files["index"] * scale) // 2))
+            written[stem] = labels
             items = [{"path": f"{domain}/{stem}/{i:08d}.jpg", "class_id": int(c)} for i, c in enumerate(labels)]
             path = root / "info_files" / domain / f"{stem}.json"
             path.parent.mkdir(parents=True, exist_ok=True)

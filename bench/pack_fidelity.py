@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -49,6 +50,40 @@ def score(config, benchmark: str, root: Path, train: bool) -> RetrievalReport:
     return evaluate_embeddings(vectors, manifest, spec, protocol="merged")
 
 
+@torch.inference_mode()
+def drift(config, keep: Path, small: Path, images: int) -> dict[str, float]:
+    """How far a pre-resized copy's inputs and features are from the original bytes', on ``images`` test
+    images: PSNR (dB) of the eval and train transforms' uint8 outputs (the same random crop and flip), and
+    the cosine between the run file's pretrained backbone's features of the two eval inputs."""
+    from udon_core.data import eval_transform, image_source, train_transform
+    from udon_core.data.transforms import normalize
+    from udon_core.model import create_backbone
+
+    p = config.model.preprocess
+    spec = resolve_benchmark_spec("auto", keep)
+    manifest = read_manifest(keep, spec)
+    paths = list(manifest.loc[manifest["split"] == "test", "path"].drop_duplicates()[:images])
+    a, b = image_source(keep).reader(paths), image_source(small).reader(paths)
+    backbone = create_backbone(config.model.backbone)[0].eval()
+    out: dict[str, list[float]] = {"eval_psnr": [], "train_psnr": [], "feature_cosine": []}
+    for i in range(len(paths)):
+        x, y = a.open(i)[0], b.open(i)[0]
+        ex, ey = eval_transform(p)(x), eval_transform(p)(y)
+        out["eval_psnr"].append(_psnr(ex, ey))
+        torch.manual_seed(i)
+        tx = train_transform(p)(x)
+        torch.manual_seed(i)
+        out["train_psnr"].append(_psnr(tx, train_transform(p)(y)))
+        f = backbone(normalize(torch.stack([ex, ey]), p))
+        out["feature_cosine"].append(float(torch.nn.functional.cosine_similarity(f[:1], f[1:])))
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    mse = (x.float() - y.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="zenml.yaml", type=Path)
@@ -56,17 +91,30 @@ def main() -> None:
     p.add_argument("--short-side", type=int, nargs="+", default=[288])
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-only", action="store_true", help="score the untrained model (pretrained backbone)")
+    p.add_argument("--drift", type=int, default=0, metavar="N", help="also compare N test images' inputs and "
+                   "pretrained features, original bytes vs each short side")
+    p.add_argument("--skip-scores", action="store_true", help="only the --drift comparison")
     p.add_argument("--work", type=Path, default=Path("/tmp/udon-pack-fidelity"))
     p.add_argument("--out", type=Path, default=Path("bench/out/pack_fidelity.json"))
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     config, benchmark = load_run_file(args.config)
     config = apply_overrides(config, args.sets)
-    reports = {name: score(config, benchmark, root, not args.eval_only)
-               for name, root in copies(args.data, args.work, args.short_side).items()}
-    print(format_comparison(reports))
+    folders = copies(args.data, args.work, args.short_side)
+    result: dict = {}
+    if not args.skip_scores:
+        reports = {name: score(config, benchmark, root, not args.eval_only) for name, root in folders.items()}
+        print(format_comparison(reports))
+        result = {name: r.to_dict() for name, r in reports.items()}
+    if args.drift:
+        keep = folders["packed, original bytes"]
+        result["drift"] = {f"short side {side}": drift(config, keep, folders[f"packed, short side {side}"], args.drift)
+                           for side in args.short_side}
+        print(f"\nagainst the original bytes, {args.drift} test images   eval PSNR   train PSNR   feature cosine")
+        for name, d in result["drift"].items():
+            print(f"  {name:40s} {d['eval_psnr']:7.1f} dB {d['train_psnr']:8.1f} dB {d['feature_cosine']:10.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=1))
+    args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ UNED_CLASSES = {"food2k": 900, "cars": 78, "sop": 9_054, "inshop": 3_198, "inat"
 
 
 def synthetic_step(backbone: str, image_size: int, batch: int, steps: int, warmup: int = 3,
-                   compile_model: bool = False, device: torch.device | None = None) -> tuple[float, float]:
+                   compile_model: bool = False, device: torch.device | None = None, student_dim: int = 64,
+                   teacher_dim: int = 256) -> tuple[float, float]:
     """(median step seconds, peak GPU GiB) of UDON steps on one synthetic batch rotated over UnED's domains."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(backbone=BackboneConfig(name=backbone, img_size=image_size),
-                      preprocess=Preprocess(image_size=image_size))
+    cfg = ModelConfig(backbone=BackboneConfig(name=backbone, img_size=image_size), student_dim=student_dim,
+                      teacher_dim=teacher_dim, preprocess=Preprocess(image_size=image_size))
     model = UdonModel(cfg, UNED_CLASSES).to(device)
     task = UdonTask(model, LossConfig())
     opt = build_optimizer(task, TrainConfig())

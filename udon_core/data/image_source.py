@@ -184,12 +184,12 @@ class PackedImages(ImageSource):
         return PackedReader(self.root, self.index.shards, paths, self.index.lookup(list(paths)))
 
     def exists(self, paths: Sequence[str]) -> np.ndarray:
-        where = self.index.lookup(list(paths))
+        where = self.index.lookup(list(paths), ("stored",))
         return where["found"] & (where["stored"] != MISSING)
 
     def inside(self, paths: Sequence[str], link_roots: Sequence[Path] = ()) -> np.ndarray:
         # Decided when packing: a link out of images/ was recorded as OUTSIDE and its target never read.
-        return self.index.lookup(list(paths))["stored"] != OUTSIDE
+        return self.index.lookup(list(paths), ("stored",))["stored"] != OUTSIDE
 
     def list_paths(self) -> list[str]:
         where = self.index.table

@@ -27,6 +27,7 @@ import json
 import os
 import tarfile
 import zlib
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,9 @@ INDEX_SCHEMA = pa.schema([
     pa.field("problem", pa.string()),                      # what packing found wrong with the source image
 ])
 _LOCATION = ("path", "stored", "shard", "offset", "length", "crc32", "width", "height", "mode")
+_FILLS = {"stored": MISSING, "shard_id": -1, "offset": -1, "length": 0, "crc32": 0, "width": 0, "height": 0,
+          "mode": None}  # what a path the index lacks gets
+_LOOKUP = tuple(_FILLS)
 
 
 class PackedIndexError(UdonUserError, ValueError):
@@ -175,29 +179,32 @@ class PackedIndex:
         if wrong:
             raise PackedIndexError(f"{path}: not a {PACK_FORMAT} index (column(s) {', '.join(wrong)} of another type)")
         self.table = table
-        shards = table["shard"].combine_chunks().dictionary_encode()
-        self.shards: list[str] = shards.dictionary.to_pylist()
-        self._shard_ids = shards.indices  # null where the image is not stored
+
+    @cached_property
+    def _shard_table(self) -> pa.DictionaryArray:
+        return self.table["shard"].combine_chunks().dictionary_encode()  # indices: null where not stored
+
+    @property
+    def shards(self) -> list[str]:
+        """Every shard's path relative to the root; ``lookup``'s ``shard_id`` indexes it."""
+        return self._shard_table.dictionary.to_pylist()
 
     def __len__(self) -> int:
         return self.table.num_rows
 
-    def lookup(self, paths: list[str]) -> dict[str, np.ndarray]:
-        """Per path, in order, as arrays: ``found``, ``stored``, ``shard_id`` (into ``shards``, -1: none),
-        ``offset``, ``length``, ``crc32``, ``width``, ``height``, ``mode``. One vectorised lookup in Arrow, no
-        Python dict of millions of paths."""
+    def lookup(self, paths: list[str], columns: tuple[str, ...] = _LOOKUP) -> dict[str, np.ndarray]:
+        """Per path, in order, as arrays: ``found`` and the ``columns`` asked for, of ``stored``, ``shard_id``
+        (into ``shards``, -1: none), ``offset``, ``length``, ``crc32``, ``width``, ``height``, ``mode``. One
+        vectorised lookup in Arrow, no Python dict of millions of paths."""
         at = pc.index_in(pa.array(paths, type=pa.string()), value_set=self.table["path"])
         found = pc.is_valid(at)
         take = pc.fill_null(at, 0)
-        columns = {**{k: self.table[k] for k in ("stored", "offset", "length", "crc32", "width", "height", "mode")},
-                   "shard_id": pc.fill_null(self._shard_ids.cast(pa.int32()), -1)}
-        fills = {"stored": MISSING, "offset": -1, "length": 0, "crc32": 0, "width": 0, "height": 0, "mode": None,
-                 "shard_id": -1}
-        out = {}
-        for name, values in columns.items():
+        out = {"found": found.to_numpy(zero_copy_only=False)}
+        for name in columns:
+            values = (pc.fill_null(self._shard_table.indices.cast(pa.int32()), -1) if name == "shard_id" else
+                      self.table[name])
             got = pc.take(values, take) if len(self.table) else pa.nulls(len(paths), values.type)
-            out[name] = pc.if_else(found, got, pa.scalar(fills[name], values.type)).to_numpy(zero_copy_only=False)
-        out["found"] = found.to_numpy(zero_copy_only=False)
+            out[name] = pc.if_else(found, got, pa.scalar(_FILLS[name], values.type)).to_numpy(zero_copy_only=False)
         return out
 
 
