@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from udon_core.data import IMAGES_DIR, BenchmarkData, BenchmarkSpec, annotate_manifest, inspect_images, read_benchmark
+from udon_core.data import BenchmarkData, BenchmarkSpec, annotate_manifest, image_source, inspect_images, read_benchmark
 
 Severity = Literal["critical", "warning", "off"]
 MAX_ROWS_PER_FAILURE = 50
@@ -368,7 +368,7 @@ def validate_benchmark(data: BenchmarkData, config: ValidationConfig | None = No
         reports.append(info_file_report(data.problems, config.severity_of("info_file_format")))
     if config.check_images:
         # the annotated frame carries the containment verdict: a refused file is not opened
-        images = inspect_images(frame, Path(data.root) / IMAGES_DIR, config.image_sample, config.image_seed)
+        images = inspect_images(frame, image_source(data.root), config.image_sample, config.image_seed)
         reports.append(run_suite(images, image_suite(data.spec, config)))
     return ValidationReport.combine(*reports).model_copy(
         update={"data_root": str(data.root), "benchmark": data.spec.name, "rows": len(data.manifest)})

@@ -57,8 +57,9 @@ BLOCKS: dict[str, tuple[str, str]] = {
         RUN, "in the clone, on the my-repo the block above made"),
     "cd /path/to/udon-pipeline && export UDON_HOME=$PWD/.udon": (
         SKIP, "trains the whole pipeline; tests/integration/test_byob.py runs the same on the same benchmark"),
-    "dvc add /path/to/uned_root   # or keep it in this repo as data/ and `dvc add data`": (
-        SKIP, "needs the UnED download (~0.5 TB)"),
+    "udon data pack /path/to/uned_download /path/to/repo/data --short-side 288   # ~4.1M files -> ~430 shards": (
+        SKIP, "needs the UnED download (~0.5 TB); tests/integration/test_packed_pipeline.py packs a generated "
+              "UnED-shaped benchmark and runs it from ingest to register"),
     "torchrun --nproc-per-node 8 -m udon_core.train --config configs/uned.yaml \\": (
         SKIP, "needs 8 GPUs and UnED; tests/integration/test_torchrun.py runs the entry point on 2 CPU ranks"),
     "export UDON_HOME=$PWD/.udon PATH=$PWD/.venv/bin:$PATH     # mlflow's server runs uvicorn from the venv": (

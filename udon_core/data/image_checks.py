@@ -11,52 +11,42 @@ bytes already read.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from udon_core.data.containment import DataRoot
-from udon_core.data.transforms import open_rgb
+from udon_core.data.image_source import ImageSource, LooseImages, LooseReader, RecordReader
 from udon_core.errors import ImageFileError
 
 COLUMNS = ("exists", "decodes", "mode", "width", "height", "error", "sha256")
 
 
 def inspect_image(path: Path) -> dict[str, object]:
-    """``{exists, decodes, mode, width, height, error}`` of one file (never raises for a bad image).
+    """``{exists, decodes, mode, width, height, error, sha256}`` of one file (never raises for a bad image).
 
     The file goes through the loader training and evaluation use (``open_rgb``: complete decode and the
     conversion to RGB), so what passes here is what they will read; ``mode`` is the file's own mode.
     """
-    if not _is_file(path):
+    return inspect_record(LooseReader(path.parent, [path.name]), 0)
+
+
+def inspect_record(reader: RecordReader, i: int) -> dict[str, object]:
+    """``inspect_image`` of record ``i`` of an image source's reader, loose or packed. A packed record is
+    decoded from its shard (a damaged shard is named in ``error``); its mode and size are the source
+    image's, as the index recorded them, and ``sha256`` is of the stored bytes."""
+    if not reader.exists(i):
         return {"exists": False, "decodes": False, "mode": None, "width": 0, "height": 0, "error": "missing",
                 "sha256": None}
     try:
-        image, mode = open_rgb(path)
-        found = {"exists": True, "decodes": True, "mode": mode, "width": image.width, "height": image.height,
-                 "error": None}
+        image, mode = reader.open(i)
+        width, height, mode = reader.original(i) or (image.width, image.height, mode)
+        found = {"exists": True, "decodes": True, "mode": mode, "width": width, "height": height, "error": None}
         del image  # why: gives its share of the decode budget back (decode_budget) before the file is hashed
     except ImageFileError as err:
         found = {"exists": True, "decodes": False, "mode": None, "width": 0, "height": 0, "error": err.reason}
-    return {**found, "sha256": _sha256(path)}
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL
-        return False
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
+    return {**found, "sha256": reader.sha256(i)}
 
 
 def sample_rows(manifest: pd.DataFrame, sample: int | None, seed: int = 0) -> pd.DataFrame:
@@ -67,35 +57,40 @@ def sample_rows(manifest: pd.DataFrame, sample: int | None, seed: int = 0) -> pd
     return manifest.iloc[picked]
 
 
-def inspect_images(manifest: pd.DataFrame, images_dir: Path, sample: int | None = None, seed: int = 0,
+def inspect_images(manifest: pd.DataFrame, images: ImageSource | Path, sample: int | None = None, seed: int = 0,
                    workers: int = 8, link_roots: tuple[Path, ...] = ()) -> pd.DataFrame:
-    """The manifest's rows (or a seeded sample) with the inspection columns added, one file read per path,
+    """The manifest's rows (or a seeded sample) with the inspection columns added, one image read per path,
     and ``content_twin`` (see ``content_twins``).
 
-    ``images_dir`` is the benchmark's ``images/`` folder; ``path`` is relative to it. Rows whose path the
-    containment rule refuses (the manifest's ``inside_root`` column where it has one, else the rule applied
-    here with ``link_roots``) are not opened: ``exists`` False and ``error`` says why.
+    ``images`` is the benchmark's image source (``image_source(root)``: loose files or a packed index) or its
+    ``images/`` folder; ``path`` is relative to ``images/``. Rows whose path the containment rule refuses
+    (the manifest's ``inside_root`` column where it has one, else the rule applied here with ``link_roots``)
+    are not opened: ``exists`` False and ``error`` says why.
     """
+    source = images if isinstance(images, ImageSource) else LooseImages(Path(images))
     rows = sample_rows(manifest, sample, seed)
     unique = list(dict.fromkeys(rows["path"]))
-    refused = _refused(rows, Path(images_dir), link_roots)
+    refused = _refused(rows, source, link_roots)
+    reader = source.reader(unique)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decoders release the GIL
         found = dict(zip(unique, pool.map(
-            lambda p: _not_opened(refused[p]) if p in refused else inspect_image(Path(images_dir) / p), unique)))
+            lambda i: _not_opened(refused[unique[i]]) if unique[i] in refused else inspect_record(reader, i),
+            range(len(unique)))))
     checks = pd.DataFrame([found[p] for p in rows["path"]], index=rows.index, columns=list(COLUMNS))
     out = pd.concat([rows, checks], axis=1)
     out["content_twin"] = content_twins(out)
     return out
 
 
-def _refused(rows: pd.DataFrame, images_dir: Path, link_roots: tuple[Path, ...]) -> dict[str, str]:
+def _refused(rows: pd.DataFrame, source: ImageSource, link_roots: tuple[Path, ...]) -> dict[str, str]:
     """``{path: reason}`` of the rows the containment rule refuses."""
     if "inside_root" in rows.columns:
         return {p: "not opened: the path leaves the data root (path_inside_root)"
                 for p in rows.loc[~rows["inside_root"].astype(bool), "path"]}
-    data_root = DataRoot(images_dir.parent, link_roots)
-    located = {p: data_root.locate(p) for p in dict.fromkeys(rows["path"])}
-    return {p: f"not opened: {loc.reason}" for p, loc in located.items() if not loc.inside}
+    paths = pd.Series(list(dict.fromkeys(rows["path"])))
+    located = source.locate(paths, link_roots)
+    return {p: f"not opened: {reason}" for p, inside, reason in
+            zip(paths, located["inside_root"], located["reason"], strict=True) if not inside}
 
 
 def _not_opened(reason: str) -> dict[str, object]:

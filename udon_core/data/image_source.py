@@ -8,27 +8,23 @@ DataLoader worker reads records through. Every error names the record's original
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
+from udon_core.data.containment import DataRoot
 from udon_core.data.shards import MISSING, OUTSIDE, PackedIndex, is_packed, read_record
 from udon_core.data.transforms import open_rgb
 from udon_core.data.uned import IMAGES_DIR, INFO_DIR
 from udon_core.errors import ImageFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-def inside(images: Path, relative: str, link_roots: Sequence[Path] = ()) -> bool:
-    """True when ``images/relative`` resolves (symlinks followed) to a place inside ``images`` or inside one
-    of ``link_roots`` (a DVC cache whose ``cache.type`` is symlink links every file into it)."""
-    target = (images / relative).resolve()
-    return any(target.is_relative_to(Path(base).resolve()) for base in (images, *link_roots))
 
 
 class RecordReader(ABC):
@@ -53,6 +49,10 @@ class RecordReader(ABC):
         ``open`` decodes (a pre-resized record); None otherwise."""
         return None
 
+    @abstractmethod
+    def sha256(self, i: int) -> str | None:
+        """Hex SHA-256 of record ``i``'s stored bytes (a byte-identical copy has the same); None if unreadable."""
+
 
 class LooseReader(RecordReader):
     """Files ``images_dir/<path>``, read as they are."""
@@ -62,10 +62,20 @@ class LooseReader(RecordReader):
         self.images_dir = Path(images_dir)
 
     def exists(self, i: int) -> bool:
-        return (self.images_dir / self.paths[i]).is_file()
+        try:
+            return (self.images_dir / self.paths[i]).is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL
+            return False
 
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
         return open_rgb(self.images_dir / self.paths[i], draft=draft)
+
+    def sha256(self, i: int) -> str | None:
+        try:
+            with open(self.images_dir / self.paths[i], "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            return None
 
 
 class PackedReader(RecordReader):
@@ -126,6 +136,14 @@ class PackedReader(RecordReader):
     def original(self, i: int) -> tuple[int, int, str | None] | None:
         return int(self.size[i, 0]), int(self.size[i, 1]), self.mode[i]
 
+    def sha256(self, i: int) -> str | None:
+        # The stored bytes: the original's with --keep-bytes; a re-encoding is deterministic, so byte-identical
+        # sources still hash alike.
+        try:
+            return hashlib.sha256(self.read(i)).hexdigest()
+        except ImageFileError:
+            return None
+
 
 class ImageSource(ABC):
     """A benchmark's images, whatever their layout."""
@@ -137,12 +155,11 @@ class ImageSource(ABC):
         """A reader over ``paths`` (relative to ``images/``), by position."""
 
     @abstractmethod
-    def exists(self, paths: Sequence[str]) -> np.ndarray:
-        """bool per path: there is an image for it."""
-
-    @abstractmethod
-    def inside(self, paths: Sequence[str], link_roots: Sequence[Path] = ()) -> np.ndarray:
-        """bool per path: it stays inside ``images/`` (symlinks resolved; into ``link_roots`` is fine)."""
+    def locate(self, paths: pd.Series, link_roots: Sequence[Path] = ()) -> pd.DataFrame:
+        """Per row of ``paths``, where its image is, by the containment rule (``udon_core.data.containment``):
+        ``inside_root`` (the path stays inside ``images/`` or a link root), ``file_exists``, ``file_size``,
+        ``image_identity`` (the file however the path spells it) and ``reason`` (why it is not inside). Links,
+        stats or the packed index only; nothing is opened."""
 
     @abstractmethod
     def list_paths(self) -> list[str]:
@@ -160,11 +177,14 @@ class LooseImages(ImageSource):
     def reader(self, paths: Sequence[str]) -> RecordReader:
         return LooseReader(self.images_dir, paths)
 
-    def exists(self, paths: Sequence[str]) -> np.ndarray:
-        return np.array([(self.images_dir / p).is_file() for p in paths], dtype=bool)
-
-    def inside(self, paths: Sequence[str], link_roots: Sequence[Path] = ()) -> np.ndarray:
-        return np.array([inside(self.images_dir, p, link_roots) for p in paths], dtype=bool)
+    def locate(self, paths: pd.Series, link_roots: Sequence[Path] = ()) -> pd.DataFrame:
+        data_root = DataRoot(self.images_dir.parent, link_roots)  # the folder whose images/ this is
+        found = {p: data_root.locate(p) for p in dict.fromkeys(paths)}
+        return pd.DataFrame({"inside_root": [found[p].inside for p in paths],
+                             "file_exists": [found[p].exists for p in paths],
+                             "file_size": [found[p].size for p in paths],
+                             "image_identity": [found[p].identity for p in paths],
+                             "reason": [found[p].reason for p in paths]}, index=paths.index)
 
     def list_paths(self) -> list[str]:
         return sorted(str(p.relative_to(self.images_dir)) for p in self.images_dir.rglob("*")
@@ -183,13 +203,17 @@ class PackedImages(ImageSource):
     def reader(self, paths: Sequence[str]) -> RecordReader:
         return PackedReader(self.root, self.index.shards, paths, self.index.lookup(list(paths)))
 
-    def exists(self, paths: Sequence[str]) -> np.ndarray:
-        where = self.index.lookup(list(paths), ("stored",))
-        return where["found"] & (where["stored"] != MISSING)
-
-    def inside(self, paths: Sequence[str], link_roots: Sequence[Path] = ()) -> np.ndarray:
-        # Decided when packing: a link out of images/ was recorded as OUTSIDE and its target never read.
-        return self.index.lookup(list(paths), ("stored",))["stored"] != OUTSIDE
+    def locate(self, paths: pd.Series, link_roots: Sequence[Path] = ()) -> pd.DataFrame:
+        # Decided when packing, by the same rule: a path out of images/ was recorded as OUTSIDE (its target
+        # never read), its identity as the rule saw it (null: the path itself).
+        where = self.index.lookup(list(paths), ("stored", "source_bytes", "identity", "problem"))
+        outside = where["stored"] == OUTSIDE
+        exists = where["found"] & (where["stored"] != MISSING) & ~outside
+        identity = [i if i is not None else p for i, p in zip(where["identity"], paths, strict=True)]
+        return pd.DataFrame({"inside_root": ~outside, "file_exists": np.where(outside, None, exists),
+                             "file_size": [int(n) if e else None for n, e in zip(where["source_bytes"], exists)],
+                             "image_identity": identity,
+                             "reason": np.where(outside, where["problem"], None)}, index=paths.index)
 
     def list_paths(self) -> list[str]:
         where = self.index.table

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from udon_core.data.benchmark import BenchmarkSpec
-from udon_core.data.containment import DataRoot
+from udon_core.data.image_source import image_source
 
 
 def _positives(query_labels: list[list[int]], index_labels: list[list[int]], self_query: bool) -> list[int]:
@@ -87,16 +87,6 @@ def undense_labels(manifest: pd.DataFrame, spec: BenchmarkSpec) -> pd.Series:
     return out
 
 
-def locate_images(paths: pd.Series, data_root: DataRoot) -> pd.DataFrame:
-    """Per row, where its image path leads (``udon_core.data.containment.Located``): ``inside_root``,
-    ``file_exists``, ``file_size`` and ``image_identity``. Links and stats only; nothing is opened."""
-    found = {p: data_root.locate(p) for p in dict.fromkeys(paths)}
-    return pd.DataFrame({"inside_root": [found[p].inside for p in paths],
-                         "file_exists": [found[p].exists for p in paths],
-                         "file_size": [found[p].size for p in paths],
-                         "image_identity": [found[p].identity for p in paths]}, index=paths.index)
-
-
 def train_class_sizes(annotated: pd.DataFrame) -> pd.Series:
     """Per train row, the number of train images of its rarest label in its domain (NaN for other rows)."""
     train = annotated[annotated["is_train"]]
@@ -113,14 +103,16 @@ def annotate_manifest(
     """The manifest plus the derived columns the validation suite checks.
 
     Added columns: ``image_key`` ("domain: " + the image's identity: the same file however the path spells it,
-    see ``locate_images``), ``label_min``, ``label_max``, ``num_classes`` (train classes of the row's
+    see ``ImageSource.locate``), ``label_min``, ``label_max``, ``num_classes`` (train classes of the row's
     domain), ``is_train``, ``n_positives`` (queries only), ``class_size`` (train rows: images of the row's
     rarest class), ``label_leaked``, ``label_undense`` and, when ``root`` is given, the columns of
-    ``locate_images`` (the containment rule: inside ``images/`` or a link root, symlinks resolved).
+    ``ImageSource.locate`` (the containment rule: inside ``images/`` or a link root, symlinks resolved;
+    for a packed folder as its index recorded it).
     """
     out = manifest.copy()
     if root is not None:
-        out = pd.concat([out, locate_images(out["path"], DataRoot(root, link_roots))], axis=1)
+        located = image_source(Path(root)).locate(out["path"], link_roots).drop(columns="reason")
+        out = pd.concat([out, located], axis=1)
         identity = out["image_identity"]
     else:  # lexically: a/./b.png and a//b.png are a/b.png
         identity = out["path"].map(lambda p: Path(p).as_posix())

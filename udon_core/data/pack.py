@@ -34,7 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from udon_core.data.benchmark import resolve_benchmark_spec
-from udon_core.data.image_source import inside
+from udon_core.data.containment import DataRoot
 from udon_core.data.shards import (
     INDEX_SCHEMA,
     META_FILE,
@@ -100,6 +100,7 @@ class _Packed:
     """One image as the worker prepared it."""
 
     stored: str
+    identity: str | None = None
     data: bytes = b""
     ext: str = "bin"
     width: int = 0
@@ -123,30 +124,33 @@ def _resized(image: Image.Image, short_side: int, fmt: str | None, quality: int)
     return buf.getvalue(), "png"
 
 
-def prepare_image(images_dir: Path, path: str, link_roots: Sequence[Path], short_side: int | None,
+def prepare_image(root: Path, path: str, link_roots: Sequence[Path], short_side: int | None,
                   quality: int) -> _Packed:
     """Read, check and (for ``short_side``) re-encode one image; a bad image keeps its bytes and its problem.
 
-    A path that resolves outside ``images_dir`` (and outside ``link_roots``) is never opened."""
-    full = Path(images_dir) / path
-    if not inside(Path(images_dir), path, link_roots):
-        return _Packed(OUTSIDE, problem="resolves outside images/: not read, not packed")
-    if not full.is_file():
-        return _Packed(MISSING, problem="file not found: not packed")
+    The containment rule (``udon_core.data.containment``) decides first: a path that leaves ``images/`` (and
+    ``link_roots``) is never opened, and the index keeps the file it names (its identity)."""
+    located = DataRoot(root, link_roots).locate(path)
+    identity = None if located.identity == path else located.identity
+    if not located.inside:
+        return _Packed(OUTSIDE, identity=identity, problem=f"not read, not packed: {located.reason}")
+    if not located.exists:
+        return _Packed(MISSING, identity=identity, problem="file not found: not packed")
+    full = Path(root) / IMAGES_DIR / path
     data = full.read_bytes()
     try:
         # the whole file is decoded, so a truncated image is found now (at 1/8 scale when only checking)
         image, mode = open_rgb(data, name=str(full), draft=1 if short_side is None else 2 * short_side)
     except ImageFileError as err:
-        return _Packed(STORED, data, Path(path).suffix.lower().lstrip(".") or "bin", source_bytes=len(data),
-                       problem=f"{err.reason} (stored as it is)")
+        return _Packed(STORED, identity, data, Path(path).suffix.lower().lstrip(".") or "bin",
+                       source_bytes=len(data), problem=f"{err.reason} (stored as it is)")
     with Image.open(io.BytesIO(data)) as im:  # decoded above, so the header reads
         fmt, (width, height) = im.format, im.size
-    packed = _Packed(STORED, data, _EXT.get(fmt or "", "bin"), width, height, mode, len(data))
+    packed = _Packed(STORED, identity, data, _EXT.get(fmt or "", "bin"), width, height, mode, len(data))
     if short_side is None or min(width, height) <= short_side:
         return packed
     encoded, ext = _resized(image, short_side, fmt, quality)
-    return _Packed(RESIZED, encoded, ext, width, height, mode, len(data))
+    return _Packed(RESIZED, identity, encoded, ext, width, height, mode, len(data))
 
 
 def _prepare_chunk(jobs: list[tuple]) -> list[_Packed]:
@@ -210,7 +214,7 @@ def _plan(src: Path) -> _Plan:
 def _prepared(src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[Path]) -> Iterator[_Packed]:
     """The prepared images in plan order; at most a few chunks per worker in flight, so memory stays bounded
     whatever the benchmark's size, and a worker that dies raises (BrokenProcessPool) instead of hanging."""
-    jobs = ((src / IMAGES_DIR, rec.path, tuple(link_roots), config.short_side, config.quality)
+    jobs = ((src, rec.path, tuple(link_roots), config.short_side, config.quality)
             for _, _, _, rec in plan.images)
     if config.workers == 1:
         for chunk in _chunks(jobs, 1):
@@ -247,9 +251,10 @@ def _write_shards(tmp: Path, src: Path, plan: _Plan, config: PackConfig, link_ro
                 shard, offset = writer.add(f"{row:09d}", got.ext, got.data, meta)
             if got.problem:
                 problems.append(PackProblem(f"{domain}/{stem}.json", row, rec.path, got.problem))
-            where[rec.path] = {"stored": got.stored, "shard": shard, "offset": offset, "length": len(got.data),
-                               "crc32": zlib.crc32(got.data), "width": got.width, "height": got.height,
-                               "mode": got.mode, "source_bytes": got.source_bytes, "problem": got.problem}
+            where[rec.path] = {"identity": got.identity, "stored": got.stored, "shard": shard, "offset": offset,
+                               "length": len(got.data), "crc32": zlib.crc32(got.data), "width": got.width,
+                               "height": got.height, "mode": got.mode, "source_bytes": got.source_bytes,
+                               "problem": got.problem}
             bar.update(1)
     if writer is not None:
         writer.close()

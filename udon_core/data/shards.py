@@ -52,6 +52,7 @@ INDEX_SCHEMA = pa.schema([
     pa.field("split", pa.string(), nullable=False),
     pa.field("row", pa.int64(), nullable=False),           # the record's row in its info file
     pa.field("path", pa.string(), nullable=False),         # the source path, relative to images/
+    pa.field("identity", pa.string()),                     # the file it names (containment rule); null: path
     pa.field("labels", pa.list_(pa.int64()), nullable=False),
     pa.field("stored", pa.string(), nullable=False),       # STORED | RESIZED | MISSING | OUTSIDE
     pa.field("shard", pa.string()),                        # relative to the benchmark root; null if not stored
@@ -64,10 +65,11 @@ INDEX_SCHEMA = pa.schema([
     pa.field("source_bytes", pa.int64(), nullable=False),  # the source file's size
     pa.field("problem", pa.string()),                      # what packing found wrong with the source image
 ])
-_LOCATION = ("path", "stored", "shard", "offset", "length", "crc32", "width", "height", "mode")
+_LOCATION = ("path", "identity", "stored", "shard", "offset", "length", "crc32", "width", "height", "mode",
+             "source_bytes", "problem")
 _FILLS = {"stored": MISSING, "shard_id": -1, "offset": -1, "length": 0, "crc32": 0, "width": 0, "height": 0,
-          "mode": None}  # what a path the index lacks gets
-_LOOKUP = tuple(_FILLS)
+          "mode": None, "source_bytes": 0, "identity": None, "problem": None}  # what a path the index lacks gets
+_READER = ("stored", "shard_id", "offset", "length", "crc32", "width", "height", "mode")  # a RecordReader's
 
 
 class PackedIndexError(UdonUserError, ValueError):
@@ -192,10 +194,10 @@ class PackedIndex:
     def __len__(self) -> int:
         return self.table.num_rows
 
-    def lookup(self, paths: list[str], columns: tuple[str, ...] = _LOOKUP) -> dict[str, np.ndarray]:
-        """Per path, in order, as arrays: ``found`` and the ``columns`` asked for, of ``stored``, ``shard_id``
-        (into ``shards``, -1: none), ``offset``, ``length``, ``crc32``, ``width``, ``height``, ``mode``. One
-        vectorised lookup in Arrow, no Python dict of millions of paths."""
+    def lookup(self, paths: list[str], columns: tuple[str, ...] = _READER) -> dict[str, np.ndarray]:
+        """Per path, in order, as arrays: ``found`` and the ``columns`` asked for (index columns, and
+        ``shard_id``: into ``shards``, -1 for none). One vectorised lookup in Arrow, no Python dict of millions
+        of paths."""
         at = pc.index_in(pa.array(paths, type=pa.string()), value_set=self.table["path"])
         found = pc.is_valid(at)
         take = pc.fill_null(at, 0)
