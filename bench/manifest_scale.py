@@ -75,7 +75,8 @@ def write_fake_index(root: Path) -> None:
     n = len(m)
     first = ~m["path"].duplicated().to_numpy()
     rows = {"domain": m["domain"].tolist(), "split": m["split"].tolist(), "row": m["row"].to_numpy(),
-            "path": m["path"].tolist(), "labels": m["labels"].tolist(), "stored": ["resized"] * n,
+            "path": m["path"].tolist(), "identity": [None] * n, "labels": m["labels"].tolist(),
+            "stored": ["resized"] * n,
             "shard": [f"packed/{d}/{s}-{r // 3000:06d}.tar" for d, s, r in zip(m["domain"], m["split"], m["row"])],
             "offset": np.arange(n) * 30_000, "length": np.full(n, 27_000), "crc32": np.zeros(n, dtype=np.int64),
             "width": np.full(n, 384, dtype=np.int32), "height": np.full(n, 288, dtype=np.int32),
