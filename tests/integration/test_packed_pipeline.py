@@ -69,8 +69,8 @@ def test_every_defect_is_named_on_a_packed_benchmark_and_a_damaged_shard_by_shar
     missing = {name: (check, fragment) for name, (check, fragment) in DEFECTS.items()
                if check not in text or fragment not in text}
     assert not missing, text
-    assert f"art/val.json row 1: art/val/0_1.jpg (value \"damaged shard {shard}: the record's {hit['length']} bytes at offset " \
-           f"{hit['offset']} do not match the index checksum\")" in text
+    assert (f"art/val.json row 1: art/val/0_1.jpg (value \"damaged shard {shard}: the record's {hit['length']} "
+            f"bytes at offset {hit['offset']} do not match the index checksum\")") in text
     assert "art/train.json row 12: art/train/link.png" in text  # a link out of images/: never read, never packed
 
 
