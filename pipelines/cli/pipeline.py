@@ -129,7 +129,8 @@ def _score(model_uri, model, embeddings_in, data_dir, manifest, spec, split, pro
 @click.option("--out", required=True, type=click.Path(path_type=Path), help=".npy (+ .paths.txt) or .parquet")
 @click.option("--batch-size", default=128, show_default=True)
 def embed_cmd(image_dir: Path, model_uri: str, out: Path, batch_size: int) -> None:
-    """Embed your own images with a registered model (sorted paths, one 64-d unit vector each)."""
+    """Embed the images of IMAGE_DIR with a registered model (sorted paths, one 64-d unit vector each); a benchmark
+    folder, loose or packed, gives its images with their paths relative to images/."""
     from udon_core.device import resolve_device
     from udon_core.evaluation import embed_folder
 

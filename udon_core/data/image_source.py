@@ -121,10 +121,13 @@ class PackedReader(RecordReader):
         shard = int(self.shard_id[i])
         path = self.root / self.shards[shard]
         try:
-            if shard not in self._fds:
-                self._fds[shard] = os.open(path, os.O_RDONLY)
-            return read_record(self._fds[shard], str(path), int(self.offset[i]), int(self.length[i]),
-                               int(self.crc[i]))
+            fd = self._fds.get(shard)
+            if fd is None:  # threads (the image check) may race here: the loser closes its descriptor
+                opened = os.open(path, os.O_RDONLY)
+                fd = self._fds.setdefault(shard, opened)
+                if fd != opened:
+                    os.close(opened)
+            return read_record(fd, str(path), int(self.offset[i]), int(self.length[i]), int(self.crc[i]))
         except FileNotFoundError as err:
             raise ImageFileError(self.paths[i], f"its shard {path} is missing") from err
         except OSError as err:  # the reason names the shard: validation reports reasons beside the row

@@ -66,8 +66,8 @@ class PackConfig(BaseModel):
         "the original bytes. Choose it >= the train resize (256 for UDON's 224 px crops)")
     quality: int = Field(default=90, ge=1, le=100, description="JPEG quality of re-encoded JPEG sources")
     shard_bytes: int = Field(default=256 * 2**20, ge=2**16, description="largest shard file, in bytes")
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="processes that "
-                         "read and encode images (1: in this process)")
+    workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, description="processes "
+                         "that read and encode images (1: in this process); default: the cores this process may use")
 
 
 @dataclass(frozen=True)
@@ -193,21 +193,22 @@ def _copy_description(src: Path, out: Path) -> None:
 
 @dataclass
 class _Plan:
-    """Every record to index, in order, and the unique images to pack, in the order they are stored."""
+    """Every record to index, in order, with the position of its image among the unique images to pack (in
+    the order they are stored: an image listed by several records is packed at its first listing)."""
 
-    records: list[tuple[str, str, int, ImageRecord]] = field(default_factory=list)
-    images: list[tuple[str, str, int, ImageRecord]] = field(default_factory=list)  # first listing of each path
+    records: list[tuple[str, str, int, ImageRecord, int]] = field(default_factory=list)
+    images: list[tuple[str, str, int, ImageRecord]] = field(default_factory=list)
 
 
 def _plan(src: Path) -> _Plan:
-    plan, seen = _Plan(), set()
+    plan, position = _Plan(), {}
     for domain, stem in _info_files(src):
         rows, _ = check_info_file(src / INFO_DIR / domain / f"{stem}.json")  # bad rows: validation names them
         for row, rec in rows:
-            plan.records.append((domain, stem, row, rec))
-            if rec.path not in seen:
-                seen.add(rec.path)
+            if rec.path not in position:
+                position[rec.path] = len(plan.images)
                 plan.images.append((domain, stem, row, rec))
+            plan.records.append((domain, stem, row, rec, position[rec.path]))
     return plan
 
 
@@ -231,10 +232,16 @@ def _prepared(src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[P
             yield from pending.popleft().result()
 
 
+_IMAGE_COLUMNS = ("identity", "stored", "shard", "offset", "length", "crc32", "width", "height", "mode",
+                  "source_bytes", "problem")
+
+
 def _write_shards(tmp: Path, src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[Path],
-                  progress: bool) -> tuple[dict[str, dict], list[PackProblem]]:
-    """Pack every unique image; ``{path: index columns}`` and the problems found."""
-    where: dict[str, dict] = {}
+                  progress: bool) -> tuple[dict[str, list], list[PackProblem]]:
+    """Pack every unique image; the index columns per unique image (plan order) and the problems found.
+
+    Columns, not a dict per image: UnED's 4.1M images would cost gigabytes of dicts."""
+    images: dict[str, list] = {name: [] for name in _IMAGE_COLUMNS}
     problems: list[PackProblem] = []
     writer: ShardWriter | None = None
     bar = show_progress(total=len(plan.images), desc="pack", enabled=progress)
@@ -251,22 +258,24 @@ def _write_shards(tmp: Path, src: Path, plan: _Plan, config: PackConfig, link_ro
                 shard, offset = writer.add(f"{row:09d}", got.ext, got.data, meta)
             if got.problem:
                 problems.append(PackProblem(f"{domain}/{stem}.json", row, rec.path, got.problem))
-            where[rec.path] = {"identity": got.identity, "stored": got.stored, "shard": shard, "offset": offset,
-                               "length": len(got.data), "crc32": zlib.crc32(got.data), "width": got.width,
-                               "height": got.height, "mode": got.mode, "source_bytes": got.source_bytes,
-                               "problem": got.problem}
+            for name, value in zip(_IMAGE_COLUMNS, (got.identity, got.stored, shard, offset, len(got.data),
+                                                    zlib.crc32(got.data), got.width, got.height, got.mode,
+                                                    got.source_bytes, got.problem), strict=True):
+                images[name].append(value)
             bar.update(1)
     if writer is not None:
         writer.close()
-    return where, problems
+    return images, problems
 
 
-def _index_columns(plan: _Plan, where: dict[str, dict]) -> dict[str, list]:
+def _index_columns(plan: _Plan, images: dict[str, list]) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in INDEX_SCHEMA.names}
-    for domain, stem, row, rec in plan.records:
+    for domain, stem, row, rec, at in plan.records:
         for name, value in (("domain", domain), ("split", stem), ("row", row), ("path", rec.path),
-                            ("labels", list(rec.labels)), *where[rec.path].items()):
+                            ("labels", list(rec.labels))):
             cols[name].append(value)
+        for name in _IMAGE_COLUMNS:
+            cols[name].append(images[name][at])
     return cols
 
 
@@ -293,12 +302,12 @@ def pack_benchmark(src: Path, out: Path, config: PackConfig = PackConfig(), link
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
     try:
         _copy_description(src, tmp)
-        where, problems = _write_shards(tmp, src, plan, config, link_roots, progress)
-        write_index(tmp, _index_columns(plan, where))
+        images, problems = _write_shards(tmp, src, plan, config, link_roots, progress)
+        write_index(tmp, _index_columns(plan, images))
         shards = sorted(str(p.relative_to(tmp)) for p in (tmp / PACKED_DIR).rglob("*.tar"))
-        result = PackResult(out, len(plan.records), len(where), sum(w["stored"] == RESIZED for w in where.values()),
-                            sum(w["source_bytes"] for w in where.values()),
-                            sum((tmp / s).stat().st_size for s in shards), len(shards), problems)
+        result = PackResult(out, len(plan.records), len(plan.images), images["stored"].count(RESIZED),
+                            sum(images["source_bytes"]), sum((tmp / s).stat().st_size for s in shards),
+                            len(shards), problems)
         _write_meta(tmp, config, result)
         if out.exists():
             shutil.rmtree(out)
