@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,9 @@ def test_our_own_benchmark_runs_end_to_end_and_writes_nothing_to_home(tmp_path):
     # the validation report is an artifact of the training run, page and JSON
     import mlflow
 
-    uri = out.split("--backend-store-uri '", 1)[1].split("'", 1)[0]
+    (line,) = [x for x in out.splitlines() if x.startswith("MLflow UI:")]
+    words = shlex.split(line)
+    uri = words[words.index("--backend-store-uri") + 1]
     client = mlflow.MlflowClient(uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     found = {r.info.run_id: [a.path for a in client.list_artifacts(r.info.run_id, "validation")] for r in runs}
