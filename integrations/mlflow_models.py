@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,10 @@ def register_embedding_model(
     # Created as 'pending' in the same call: until the gate records its verdict the version is no candidate,
     # and a run killed in between leaves it visibly unjudged (pipelines/run_records.py marks it incomplete).
     try:
-        version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate.verdict": "pending"})
+        # why: bind_benchmark created the registered model, so MLflow's own note would read "already exists" on a
+        # first run; the run's summary names the version instead
+        with contextlib.redirect_stderr(io.StringIO()):
+            version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate.verdict": "pending"})
     except MlflowException as err:
         # Nothing was registered: the version is created in one call, with its tags, or not at all.
         raise unavailable(mlflow.get_registry_uri(), err) from err

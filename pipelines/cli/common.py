@@ -117,7 +117,7 @@ def _step_result(step: str, outcome) -> str:
     return {
         "data_ingester": f"data {outcome.dataset_md5}",
         "data_validator": f"{'passed' if outcome.validation.success else 'FAILED'}, "
-                          f"{len(outcome.validation.warnings)} warning(s)",
+                          f"{len(outcome.validation.warnings) or 'no'} warning(s)",
         "model_trainer": _final_loss(outcome.train_summary),
         "model_evaluator": f"mean mMP@5 {metrics['mean_mmp_at_5']:.3f}, R@1 {metrics['mean_r_at_1']:.3f}",
         "model_registrar": f"{reg['name']} version {reg['version']}",
