@@ -122,9 +122,11 @@ def _records(root: Path, domain: str, split: str) -> list:
 
 
 def _add_records(domain: str, split: str, *records: dict) -> Callable[[Path, Path], None]:
+    """A variant that appends ``records`` to an info file; a callable value is ``value(outside)``."""
     def make(root: Path, outside: Path) -> None:
         path = root / "info_files" / domain / f"{split}.json"
-        items = json.loads(path.read_text()) + [dict(r) for r in records]
+        made = [{k: v(outside) if callable(v) else v for k, v in r.items()} for r in records]
+        items = json.loads(path.read_text()) + made
         path.write_text(json.dumps(items, indent=1))  # ASCII: a lone surrogate is written as its escape
     return make
 
@@ -242,9 +244,11 @@ def _variants() -> list[Variant]:
         v("image folder symlinked out", R, _replace_with_link("images/shop/val", lambda o: o / "images/shop/val"),
           "path_inside_root"),
         v("images symlinked out", R, _replace_with_link("images", lambda o: o / "images"), "path_inside_root"),
-        v("absolute image path", R, _add_records("art", "train", {"path": "/etc/hostname", "class_id": 0}),
-          "info_file_format"),
-        v("image path with ..", R, _add_records("art", "train", {"path": "art/../../outside/elsewhere.png",
+        # the outside image by its absolute path (the audit watches the test's folder, not /etc), and by a
+        # relative one: images/art/../../../outside is base/outside, beside the root base/data
+        v("absolute image path", R, _add_records("art", "train", {"path": lambda o: str(o / "elsewhere.png"),
+                                                                  "class_id": 0}), "info_file_format"),
+        v("image path with ..", R, _add_records("art", "train", {"path": "art/../../../outside/elsewhere.png",
                                                                  "class_id": 0}), "info_file_format"),
         # -- malformed input that must be a finding, not a traceback ---------------------------------------
         v("train info file is an object", C, _write_info("shop", "train", b'{"path": "shop/train/0_0.png", '
