@@ -10,6 +10,7 @@ that is what a bare `python` (ModuleNotFoundError) or `dvc: command not found` b
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -23,6 +24,22 @@ RUN, SKIP = "run", "skip"
 CHECKOUT = "/path/to/udon-pipeline"  # the README's placeholder for this checkout
 ACTIVATE = re.compile(r"^source \S*\.venv/bin/activate\b")
 VENV_PATH = re.compile(r"\bPATH=\S*\.venv/bin:\$PATH")
+GIT_USER = {"GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com", "GIT_COMMITTER_NAME": "ci",
+            "GIT_COMMITTER_EMAIL": "ci@example.com"}  # what a user's ~/.gitconfig gives git
+# The telemetry opt-outs of pipelines/cli/common.py for the tools a block runs itself rather than through
+# `udon` (which sets every tool's opt-out before it loads them, and is tested doing so from a bare shell):
+# `dvc init` and `dvc add` of the BYOB block would start DVC's analytics daemon (network). git has none;
+# `make` exports MLflow's and DO_NOT_TRACK itself (Makefile); iterative's telemetry ignores DO_NOT_TRACK.
+TOOL_OPT_OUTS = {"DVC_NO_ANALYTICS": "1"}
+
+
+def user_shell(home: Path, venv: Path) -> dict[str, str]:
+    """The environment of a user's fresh shell: the system's PATH without ``venv/bin``, ``home`` as HOME, a
+    git identity, no test isolation variable; only the opt-outs of ``TOOL_OPT_OUTS`` kept (a test sends
+    nothing over the network)."""
+    venv_bin = (venv / "bin").resolve()
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != venv_bin)
+    return {"PATH": path or "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **GIT_USER, **TOOL_OPT_OUTS}
 
 
 @dataclass(frozen=True)

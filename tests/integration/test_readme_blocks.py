@@ -2,9 +2,9 @@
 lists which blocks run here and why the others do not).
 
 The clone holds the checkout's tracked files and the installed venv as `make run` leaves it; the shell has no
-venv on PATH, HOME is a temporary folder and no test isolation variable is set. `make run` trains a tiny
-benchmark (CONFIG=), then the commands it prints are pasted, then the README's blocks run; the home
-directory stays empty throughout.
+venv on PATH, HOME is a temporary folder and no test isolation variable is set (only DVC's analytics opt-out
+is kept: tests/readme_blocks.py TOOL_OPT_OUTS). `make run` trains a tiny benchmark (CONFIG=), then the
+commands it prints are pasted, then the README's blocks run; the home directory stays empty throughout.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import pytest
 
 from tests.byob import write_benchmark
 from tests.integration.conftest import tiny_run_config
-from tests.readme_blocks import BLOCKS, CHECKOUT, ROOT, RUN, blocks
+from tests.readme_blocks import BLOCKS, CHECKOUT, GIT_USER, ROOT, RUN, blocks, user_shell
 
 pytestmark = pytest.mark.slow
 VENV = Path(sys.prefix)
-GIT_USER = {"GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com", "GIT_COMMITTER_NAME": "ci",
-            "GIT_COMMITTER_EMAIL": "ci@example.com"}  # what a user's ~/.gitconfig gives git
 
 
 def _block(first_line: str):
@@ -53,11 +51,6 @@ def _fresh_clone(path: Path) -> Path:
     return path
 
 
-def _shell(home: Path) -> dict[str, str]:
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != (VENV / "bin"))
-    return {"PATH": path or "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **GIT_USER}
-
-
 def _bash(script: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> str:
     done = subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -69,7 +62,7 @@ def _bash(script: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> st
 def test_make_run_prints_commands_that_work_pasted_and_the_quick_blocks_run_as_written(tiny_repo, tmp_path):
     clone, home = _fresh_clone(tmp_path / "udon-pipeline"), tmp_path / "home"
     home.mkdir()
-    env = _shell(home)
+    env = user_shell(home, VENV)
     config = tiny_run_config(tiny_repo, tmp_path / "tiny.yaml", registry={"model_name": "udon-universal-embedding"})
 
     out = _bash(f"make run CONFIG={config}", clone, env, timeout=900)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.readme_blocks import BLOCKS, ROOT, Block, blocks, commands, programs, repo_files
+from tests.readme_blocks import BLOCKS, ROOT, Block, blocks, commands, programs, repo_files, user_shell
 
 VENV_BIN = Path(sys.executable).parent  # the venv `source .venv/bin/activate` puts first on PATH
 # The shell of a user who has not activated the venv: the system's PATH, no venv.
@@ -54,3 +54,17 @@ def test_the_make_targets_the_readme_names_exist():
         done = subprocess.run(["make", "-n", "-o", ".venv/.installed", *args], cwd=ROOT, capture_output=True,
                               text=True)
         assert done.returncode == 0, (args, done.stderr)
+
+
+def test_the_users_shell_has_no_venv_on_path_and_keeps_dvc_analytics_off(tmp_path, monkeypatch):
+    """The shell the slow README test runs blocks in: the venv is off PATH however either is spelled (here
+    the venv is named through a link, PATH holds both spellings), and DVC's analytics daemon is not started,
+    while what `udon` must switch off itself is left unset."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "venv")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "venv" / "bin"), "/usr/bin",
+                                                str(tmp_path / "link" / "bin")]))
+    env = user_shell(tmp_path / "home", tmp_path / "link")
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == str(tmp_path / "home")
+    assert env["DVC_NO_ANALYTICS"] == "1"
+    assert not [k for k in env if k.startswith(("ZENML_", "MLFLOW_", "GX_", "UDON_", "DO_NOT_TRACK"))], env
