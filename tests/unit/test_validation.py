@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -470,7 +471,8 @@ def test_udon_data_validate_says_in_one_sentence_what_it_could_not_do(tmp_path, 
         args += ["--set", "validation.severity.path_inside_root=off"]
     done = CliRunner().invoke(cli, args)
     assert done.exit_code == 2 and done.output.startswith("error: ") and fragment in done.output, done.output
-    assert len(done.output.strip().splitlines()) == 1 and not (tmp_path / "r.html").exists()
+    out = Path(args[args.index("--out") + 1])  # the report named: in the folder for "report inside the folder"
+    assert len(done.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_a_bare_yaml_off_switches_a_check_off():
