@@ -21,6 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from pipelines.zen_server import free_port
 from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
 from udon_core.data import save_benchmark_spec
 from udon_core.training import EXPORT_DIR, checkpoint_files, main
@@ -137,14 +138,6 @@ def test_the_entry_point_names_what_is_missing(run_file, tmp_path, monkeypatch, 
     assert "training.train.steps" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("launcher", ["torchrun", "none"])
 def test_two_trainer_v2_nodes_form_one_group_from_the_pet_variables(run_file, tmp_path, launcher):
     """Two local "nodes" get exactly what Kubeflow Trainer's torch runtime sets (PET_NNODES, PET_NPROC_PER_NODE,
@@ -152,7 +145,7 @@ def test_two_trainer_v2_nodes_form_one_group_from_the_pet_variables(run_file, tm
     with no flags (torchrun reads PET_*), or, one process per node, `python -m udon_core.train` itself. They
     form one group of 2, and every rank's weights equal rank 0's after the steps (the trainer's all_gather)."""
     path, root = run_file
-    port, steps = _free_port(), 6
+    port, steps = free_port(), 6
     launch = [sys.executable, "-m", "torch.distributed.run"] if launcher == "torchrun" else [sys.executable]
     torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
     base = {k: v for k, v in _env(root).items() if k not in torchrun_vars and not k.startswith(("PET_", "TORCHELASTIC"))}

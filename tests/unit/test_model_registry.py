@@ -5,7 +5,6 @@ only with --force, stores that are gone or unreachable, and promotions repaired 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from itertools import count
 
@@ -15,6 +14,7 @@ from mlflow import MlflowClient
 import integrations.model_registry as mr
 from integrations.model_registry import ModelRegistry, RegistryError, RegistryUnavailableError, UnknownModelError
 from integrations.model_uri import parse_model_uri
+from pipelines.zen_server import free_port
 
 NAME = "udon-universal-embedding"
 _names = count()
@@ -168,9 +168,7 @@ def test_a_sqlite_store_whose_folder_is_gone_is_an_error_and_nothing_is_created(
 
 
 def _refused_port() -> str:
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"  # a loopback port nobody listens on
 
 
 def test_an_unreachable_registry_is_one_sentence_within_seconds(monkeypatch):

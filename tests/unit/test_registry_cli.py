@@ -3,7 +3,6 @@ in every command that takes a model, and a promoter that is never cached, whatev
 
 from __future__ import annotations
 
-import socket
 import time
 
 import mlflow
@@ -14,6 +13,7 @@ from mlflow import MlflowClient
 
 import integrations.model_registry as mr
 from integrations.model_registry import ModelRegistry
+from pipelines.zen_server import free_port
 
 NAME = "udon-universal-embedding"
 
@@ -101,9 +101,7 @@ def test_promoting_over_the_gate_asks_for_force_and_says_it_was_recorded(store, 
 
 
 def _refused_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"  # a loopback port nobody listens on
 
 
 @pytest.mark.parametrize("command", ["models", "evaluate"])
