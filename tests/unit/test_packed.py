@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from tests.byob import write_benchmark
-from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
+from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, Crash, crash_at, write_tiny_benchmark
 from udon_core.data import (
     ImageListDataset,
     ImageRecord,
@@ -177,18 +177,6 @@ def _bench(root):
     return manifest, num_train_classes(manifest, SPEC)
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(step):
-    def callback(metrics, at):
-        if at == step:
-            raise _Crash
-
-    return callback
-
-
 def test_training_on_packed_data_matches_loose_and_resumes_bit_identically(tmp_path):
     loose = write_tiny_benchmark(tmp_path / "loose")
     packed = tmp_path / "packed"
@@ -203,8 +191,8 @@ def test_training_on_packed_data_matches_loose_and_resumes_bit_identically(tmp_p
 
     straight = train(model(), packed, manifest, SPEC, cfg, progress=False)
     from_loose = train(model(), loose, _bench(loose)[0], SPEC, cfg, progress=False)
-    with pytest.raises(_Crash):  # dies after step 5: resumes from the step-4 checkpoint, streams at their batches
-        train(model(), packed, manifest, SPEC, cfg, checkpoint_dir=tmp_path / "ckpt", callback=_crash_at(5),
+    with pytest.raises(Crash):  # dies after step 5: resumes from the step-4 checkpoint, streams at their batches
+        train(model(), packed, manifest, SPEC, cfg, checkpoint_dir=tmp_path / "ckpt", callback=crash_at(5),
               progress=False)
     resumed = train(model(), packed, manifest, SPEC, cfg, checkpoint_dir=tmp_path / "ckpt", progress=False)
     a, b, c = straight.model.state_dict(), resumed.model.state_dict(), from_loose.model.state_dict()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, write_tiny_benchmark
+from tests.unit.tiny_benchmark import SPEC, TINY_MODEL, Crash, crash_at, write_tiny_benchmark
 from udon_core.data import DomainStream, num_train_classes, read_manifest, records_of, train_transform
 from udon_core.methods import UdonTask
 from udon_core.model import UdonModel
@@ -135,24 +135,12 @@ def test_frozen_backbone_stays_put_and_inactive_heads_still_take_adam_steps(benc
     assert loop.task.model.teacher_classifiers["colors"].weight not in loop.optimizer.state
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(step_to_crash: int):
-    def callback(metrics, step):
-        if step == step_to_crash:
-            raise _Crash
-
-    return callback
-
-
 def test_an_interrupted_run_resumes_to_the_same_weights(bench, tmp_path):
     root, manifest, classes = bench
     straight = train(_model(classes), root, manifest, SPEC, CFG, progress=False)
     cfg = CFG.model_copy(update={"checkpoint_every": 2})
-    with pytest.raises(_Crash):  # dies after step 5, whose checkpoint is never written: resume from step 4
-        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
+    with pytest.raises(Crash):  # dies after step 5, whose checkpoint is never written: resume from step 4
+        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=crash_at(5),
               progress=False)
     # the last two checkpoints are kept, each with its digest, and nothing half-written
     assert [p.name for p in checkpoint_files(tmp_path)] == ["checkpoint-000000004.pt", "checkpoint-000000002.pt"]
@@ -260,8 +248,8 @@ def test_cuda_bf16_run_is_finite_and_resumes_exactly(bench, tmp_path):
     straight = train(_model(classes), root, manifest, SPEC, cfg, callback=lambda m, s: seen.append(m), progress=False)
     assert all(math.isfinite(m["loss/total"]) for m in seen)
     assert next(straight.model.parameters()).device.type == "cuda"
-    with pytest.raises(_Crash):
-        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
+    with pytest.raises(Crash):
+        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=crash_at(5),
               progress=False)
     resumed = train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, progress=False)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
@@ -279,8 +267,8 @@ def test_unic_run_resumes_exactly_with_its_projectors_and_teacher_statistics(ben
     assert (cfg.frozen_steps, cfg.sampler.strategy, cfg.loss.kl_weight) == (3, "round_robin", 0.0)  # given: kept
     straight = train(_model(classes), root, manifest, SPEC, cfg, progress=False)
     assert {"loss/unic", "loss/vit_t/cls", "loss/vit_t/patch", "loss/student_ce"} <= set(straight.last_metrics)
-    with pytest.raises(_Crash):
-        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=_crash_at(5),
+    with pytest.raises(Crash):
+        train(_model(classes), root, manifest, SPEC, cfg, checkpoint_dir=tmp_path, callback=crash_at(5),
               progress=False)
     saved = load_checkpoint(checkpoint_files(tmp_path)[0])["task"]
     assert any("projectors" in k for k in saved) and any("standardizers" in k for k in saved)

@@ -1,4 +1,5 @@
-"""A tiny on-disk benchmark (2 domains of 16 px PNGs) and a tiny model config, shared by unit tests."""
+"""A tiny on-disk benchmark (2 domains of 16 px PNGs), a tiny model config and a training callback that crashes
+at a given step, shared by unit tests."""
 
 from __future__ import annotations
 
@@ -38,3 +39,16 @@ def write_tiny_benchmark(root: Path, per_class: int = 6, classes: int = 3) -> Pa
                     records.append(ImageRecord(path, (c,)))
             write_info_file(info_file_path(root, domain, split), records)
     return root
+
+
+class Crash(Exception):
+    """What ``crash_at`` raises: a run that dies mid-training."""
+
+
+def crash_at(step_to_crash: int):
+    """A ``train(callback=...)`` that raises ``Crash`` when called for step ``step_to_crash``."""
+    def callback(metrics, step):
+        if step == step_to_crash:
+            raise Crash
+
+    return callback
