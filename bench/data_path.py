@@ -53,6 +53,10 @@ from udon_core.data.uned_like import UnedLikeConfig, write_uned_like_benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import synthetic_step  # noqa: E402
 
+# why: the cores this process may run on (a container's or taskset's share), as PackConfig's default workers;
+# os.cpu_count() counts the whole machine's
+USABLE_CORES = len(os.sched_getaffinity(0))
+
 
 def generated(work: Path, images: int, workers: int) -> Path:
     """The generated loose benchmark of ``images`` images in ``work`` (made once, then reused)."""
@@ -228,7 +232,7 @@ def main() -> None:
     p.add_argument("--loader-images", type=int, default=2_000, help="images timed per loader row")
     p.add_argument("--repeats", type=int, default=3, help="loader measurements per row (the best is kept)")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--pack-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--pack-workers", type=int, default=USABLE_CORES)
     p.add_argument("--skip-dvc", action="store_true")
     p.add_argument("--gpu", action="store_true", help="also the real training loop vs synthetic batches (CUDA)")
     p.add_argument("--backbone", default="vit_base_patch16_224")
@@ -241,7 +245,7 @@ def main() -> None:
     loose = generated(args.work, args.images, args.pack_workers)
     keep, keep_pack = packed(loose, args.work, None, args.pack_workers)
     small, small_pack = packed(loose, args.work, args.short_side, args.pack_workers)
-    figures: dict = {"images": args.images, "load_before": load, "cores": os.cpu_count(),
+    figures: dict = {"images": args.images, "load_before": load, "cores": USABLE_CORES,
                      "pack": {"keep-bytes": keep_pack, f"short-side {args.short_side}": small_pack}}
     rows = loader_table(loose, keep, small, args.image_size, args.loader_images, 32, args.repeats)
     figures["loader"] = dict(rows)
@@ -250,7 +254,7 @@ def main() -> None:
                           for name, folder in (("loose", loose), ("packed original bytes", keep),
                                                (f"packed {args.short_side} px", small))}
     if args.gpu and torch.cuda.is_available():
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(USABLE_CORES)
         med, mem = synthetic_step(args.backbone, args.image_size, args.batch, steps=20)
         figures["gpu"] = {"device": torch.cuda.get_device_name(), "synthetic_images_per_s": args.batch / med,
                           "synthetic_peak_gib": mem,
