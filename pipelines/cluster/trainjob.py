@@ -71,12 +71,18 @@ class TrainJobSettings(BaseModel):
     kubernetes_namespace: str = "default"
     incluster: bool = False
     kubernetes_context: str | None = None
-    image: str | None = None
+    image: str | None = Field(default=None, description="replaces the image ZenML built for the step (None: that "
+                                                          "image; a manifest run names the configuration's)")
 
 
 def trainjob_settings(cfg: ClusterConfig, *, nodes: int, gpus: int, job_name: str | None,
                       with_config: bool = True) -> TrainJobSettings:
-    """The TrainJob settings of ``configs/cluster.yaml``: the same pod parts as every other route (pod.py)."""
+    """The TrainJob settings of ``configs/cluster.yaml``: the same pod parts as every other route (pod.py).
+
+    No ``image``: a manifest run names ``cfg.image`` itself (``render_trainjob``), and the step operator runs the
+    image ZenML built for the step (``cfg.image`` as is with ``zenml_skip_build``, else a code image on it); an
+    image in these settings would override ZenML's build, and ZenML keeps every setting that differs from its
+    default."""
     parts = pod_parts(cfg, gpus, job_name=job_name, with_config=with_config)
     labels = {**cfg.labels, "app.kubernetes.io/component": "trainer"}
     if job_name:
@@ -93,7 +99,7 @@ def trainjob_settings(cfg: ClusterConfig, *, nodes: int, gpus: int, job_name: st
         runtime_ref_name=cfg.trainjob_runtime, runtime_ref_kind=cfg.trainjob_runtime_kind, num_nodes=nodes,
         num_proc_per_node=gpus, trainer_env={e.name: e.value for e in parts.env},
         trainer_overrides={"resourcesPerNode": k8s_json(parts.resources)}, pod_template_overrides=[override],
-        kubernetes_namespace=cfg.namespace, image=cfg.image)
+        kubernetes_namespace=cfg.namespace)
 
 
 def _runtime_patch(overrides: Sequence[Mapping[str, Any]]) -> tm.TrainerV1alpha1RuntimePatch | None:

@@ -147,6 +147,8 @@ class TrainJobStepOperator(BaseStepOperator):
         from pipelines.cluster.trainjob import GROUP, PLURAL, VERSION
 
         settings = cast(TrainJobStepOperatorSettings, self.get_settings(info))
+        # why: the image ZenML built for this step holds the pipeline's code; only an image the user set for
+        # the step (or the component) replaces it.
         image = settings.image or info.get_image(key=DOCKER_KEY)
         job = step_trainjob(settings, info, entrypoint_command, environment, image)
         custom, core = kube_apis(settings.kubernetes_context, settings.incluster)

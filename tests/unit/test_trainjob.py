@@ -378,13 +378,16 @@ def test_the_clusters_runtime_is_checked_before_anything_is_created(two_by_eight
 # --- the udon_trainjob step operator -----------------------------------------------------------------------------
 
 
+BUILT_IMAGE = "registry.example.com/udon/zenml:training_pipeline-udon_trainjob_step_operator"
+
+
 def _step_info(settings_key: str, settings) -> SimpleNamespace:
     data = SimpleNamespace(config=SimpleNamespace(parameters={"config": {"pinned_md5": "5f1c9a.dir"}}))
     return SimpleNamespace(
         run_id=UUID("0f3e2a11-2222-4333-8444-555566667777"), run_name="training_pipeline-2026_12_03-10_00_00_000000",
         step_run_id=UUID("11111111-2222-4333-8444-555566667777"), pipeline=SimpleNamespace(name="training_pipeline"),
         pipeline_step_name="model_trainer", pipeline_configuration=SimpleNamespace(settings={settings_key: settings}),
-        snapshot=SimpleNamespace(step_configurations={"data_ingester": data}), get_image=lambda key: "unused:1",
+        snapshot=SimpleNamespace(step_configurations={"data_ingester": data}), get_image=lambda key: BUILT_IMAGE,
         force_write_logs=lambda: None)
 
 
@@ -425,7 +428,8 @@ def test_step_operator_submits_model_trainer_as_a_trainjob_field_by_field(monkey
     assert spec["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime",
                                   "apiGroup": "trainer.kubeflow.org"}
     trainer = spec["trainer"]
-    assert trainer["image"] == cfg.image and trainer["command"] == ["torchrun"]
+    # the image ZenML built for the step (the pipeline's code on cfg.image), not the parent image
+    assert trainer["image"] == BUILT_IMAGE and trainer["command"] == ["torchrun"]
     assert trainer["args"] == ["-m", "zenml.entrypoints.entrypoint", *entrypoint[3:]]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 8)
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "64", "memory": "512Gi"},
@@ -441,6 +445,12 @@ def test_step_operator_submits_model_trainer_as_a_trainjob_field_by_field(monkey
     assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
     assert tm.TrainerV1alpha1TrainJob.from_dict(job).to_dict() == job
     validate_manifests({"step": job}, VERSIONS)
+    # an image the user sets for the step replaces ZenML's build
+    cluster = FakeCluster()
+    mine = trainer_step["settings"]["step_operator"].model_copy(update={"image": "registry.example.com/udon/mine:2"})
+    operator.launch(_step_info("step_operator:udon-trainjob", mine), entrypoint, {})
+    (job,) = cluster.trainjobs.values()
+    assert job["spec"]["trainer"]["image"] == "registry.example.com/udon/mine:2"
 
 
 def test_followers_train_the_steps_model_with_the_steps_inputs_and_publish_nothing(monkeypatch):
