@@ -38,6 +38,9 @@ ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 PATCH_MANAGER = "udon-pipeline"  # our entry in spec.runtimePatches (each manager owns one)
 TRAINER_PORT = 29400  # the port Trainer's torch plugin opens on the node container and names in PET_MASTER_PORT
 TORCH_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+# why bounded: a TrainJob that never starts (Pending on nodes, ImagePullBackOff) never fails by itself, and a
+# watch without an end would hold the ZenML step (and its GPUs' quota) forever. 72 h is several full UnED runs.
+DEFAULT_TIMEOUT_SECONDS = 72 * 3600
 JOB_INDEX_PATH = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 # The shape of upstream's `torch-distributed` ClusterTrainingRuntime (Trainer 2.2/2.3): one replicated job `node`
@@ -66,7 +69,11 @@ class TrainJobSettings(BaseModel):
         default_factory=list, description="upstream's override entries ({targetJobs: [{name}], metadata, spec}); "
                                           "applied as our spec.runtimePatches entry on Trainer 2.2+")
     poll_interval_seconds: float = Field(default=10.0, gt=0, description="status polling while watching")
-    timeout_seconds: PositiveInt | None = Field(default=None, description="give up watching after this long")
+    timeout_seconds: PositiveInt | None = Field(
+        default=DEFAULT_TIMEOUT_SECONDS,
+        description="the TrainJob's spec.activeDeadlineSeconds (Trainer stops its pods and marks it Failed, "
+                    "DeadlineExceeded, this long after it starts; a suspended one does not count down), and the "
+                    "watch gives up 5 min later; None: no deadline, and the watch gives up after the default 72 h")
     delete_trainjob_after_completion: bool = False
     kubernetes_namespace: str = "default"
     incluster: bool = False
@@ -151,7 +158,7 @@ def build_trainjob(settings: TrainJobSettings, *, name: str, namespace: str, ima
             runtime_ref=tm.TrainerV1alpha1RuntimeRef(name=settings.runtime_ref_name, kind=settings.runtime_ref_kind,
                                                      api_group=settings.runtime_ref_api_group),
             trainer=tm.TrainerV1alpha1Trainer.from_dict(trainer),
-            runtime_patches=[patch] if patch else None),
+            runtime_patches=[patch] if patch else None, active_deadline_seconds=settings.timeout_seconds),
     )
 
 

@@ -154,8 +154,9 @@ class TrainJobStepOperator(BaseStepOperator):
         custom, core = kube_apis(settings.kubernetes_context, settings.incluster)
         info.force_write_logs()
         try:
+            # the watch's bound follows the TrainJob's deadline (settings.timeout_seconds) with a grace
             submit_trainjob({"TrainJob": job}, custom, core, poll_seconds=settings.poll_interval_seconds,
-                            timeout_seconds=settings.timeout_seconds, echo=logger.info)
+                            echo=logger.info)
         finally:
             if settings.delete_trainjob_after_completion:
                 meta = job["metadata"]

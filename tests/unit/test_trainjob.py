@@ -246,8 +246,10 @@ class FakeCluster:
     """The CustomObjectsApi and CoreV1Api of a cluster with (or without) Kubeflow Trainer; calls are recorded."""
 
     def __init__(self, *, crd: bool = True, runtime: dict | None = TORCH_DISTRIBUTED, prune=None,
-                 conditions: list[list[dict]] | None = None, log: str = "step 50: loss 0.1"):
+                 conditions: list[list[dict]] | None = None, log: str = "step 50: loss 0.1",
+                 read_errors: list[Exception] | None = None):
         self.crd, self.runtime, self.prune = crd, runtime, prune  # prune: what an older CRD drops
+        self.read_errors = list(read_errors or [])  # raised, in order, by the next reads of the TrainJob
         self.conditions = conditions if conditions is not None else [[], [{"type": "Complete", "status": "True"}]]
         self.trainjobs: dict[str, dict] = {}
         self.config_maps: dict[str, dict] = {}
@@ -278,6 +280,8 @@ class FakeCluster:
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.calls.append(f"get {plural}/{name}")
+        if self.read_errors:
+            raise self.read_errors.pop(0)
         job = copy.deepcopy(self.trainjobs[name])
         job["status"] = {"conditions": self.conditions.pop(0) if len(self.conditions) > 1 else self.conditions[0]}
         return job
@@ -337,6 +341,50 @@ def test_a_failed_trainjob_says_why_with_node_zeros_last_lines(two_by_eight):
     assert ("pods jobset.sigs.k8s.io/jobset-name=udon-train,jobset.sigs.k8s.io/replicatedjob-name=node,"
             "batch.kubernetes.io/job-completion-index=0") in cluster.calls
     assert "log udon-train-node-0-0-abcde/node" in cluster.calls
+
+
+def test_the_trainjob_carries_a_deadline_and_the_watch_ends_after_it(two_by_eight):
+    job = _trainjob(two_by_eight)
+    assert job["spec"]["activeDeadlineSeconds"] == 72 * 3600  # Trainer fails it (DeadlineExceeded) after that
+    assert submit_mod.watch_timeout(job) == 72 * 3600 + 300
+    assert submit_mod.watch_timeout({"spec": {}}) == 72 * 3600 + 300  # no deadline: still bounded
+    assert submit_mod.watch_timeout({"spec": {"activeDeadlineSeconds": 600}}) == 900
+    # suspended in a queue (no deadline counts down): the watch gives up and says what it last saw
+    cluster = FakeCluster(conditions=[[{"type": "Suspended", "status": "True"}]])
+    cluster.trainjobs["udon-train"] = job
+    now = [0.0]
+    with pytest.raises(TrainJobFailed) as err:
+        submit_mod.watch_trainjob(cluster, cluster, "udon", "udon-train", poll_seconds=60, timeout_seconds=900,
+                                  echo=lambda line: None, sleep=lambda s: now.__setitem__(0, now[0] + s),
+                                  clock=lambda: now[0])
+    assert str(err.value) == ("TrainJob udon-train did not finish within 900 s (last status: Suspended=True; the "
+                              "cluster ends it at its activeDeadlineSeconds): kubectl -n udon describe trainjob "
+                              "udon-train")
+    assert cluster.calls.count("get trainjobs/udon-train") == 17  # t = 0, 60, ..., 960
+
+
+def test_the_watch_rides_out_transient_errors_and_names_the_lasting_ones(two_by_eight):
+    from urllib3.exceptions import ProtocolError
+
+    waits: list[float] = []
+    blips = [ApiException(status=503, reason="Service Unavailable"), ProtocolError("Connection aborted."),
+             ApiException(status=429, reason="Too Many Requests")]
+    cluster = FakeCluster(read_errors=blips)
+    cluster.trainjobs["udon-train"] = _trainjob(two_by_eight)
+    outcome = submit_mod.watch_trainjob(cluster, cluster, "udon", "udon-train", timeout_seconds=3600,
+                                        echo=lambda line: None, sleep=waits.append)
+    assert outcome.status == "Complete" and waits == [5, 10, 20, 10]  # three retries, then one poll
+    down = FakeCluster(read_errors=[ApiException(status=502, reason="Bad Gateway")] * 7)
+    down.trainjobs["udon-train"] = _trainjob(two_by_eight)
+    with pytest.raises(ClusterAccessError, match=r"^cannot read TrainJob udon-train \(7 tries over 315 s\): Bad "
+                                                 r"Gateway \(it may still run: kubectl -n udon get trainjob"):
+        submit_mod.watch_trainjob(down, down, "udon", "udon-train", timeout_seconds=3600, echo=lambda line: None,
+                                  sleep=lambda s: None)
+    refused = FakeCluster(read_errors=[ApiException(status=403, reason="Forbidden")])
+    refused.trainjobs["udon-train"] = _trainjob(two_by_eight)
+    with pytest.raises(ClusterAccessError, match=r"^cannot read TrainJob udon-train: Forbidden"):
+        submit_mod.watch_trainjob(refused, refused, "udon", "udon-train", timeout_seconds=3600,
+                                  echo=lambda line: None, sleep=lambda s: pytest.fail("a 403 is not retried"))
 
 
 def test_no_trainjob_crd_no_runtime_or_an_old_trainer_is_one_sentence(two_by_eight, monkeypatch, tmp_path):
