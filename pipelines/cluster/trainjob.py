@@ -20,11 +20,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from kubernetes import client as k8s
 from pydantic import BaseModel, Field, PositiveInt
 from pydantic import ValidationError as PydanticError
 
 from pipelines.cluster.config import ClusterConfig
-from pipelines.cluster.pod import k8s_json, pod_parts, trainer_args
+from pipelines.cluster.pod import k8s_json, pod_parts, pod_settings, torchrun_flag, trainer_args
+from udon_core.overrides import deep_merge
 
 if TYPE_CHECKING:
     from kubeflow_trainer_api import models as tm
@@ -94,14 +96,12 @@ def trainjob_settings(cfg: ClusterConfig, *, nodes: int, gpus: int, job_name: st
     labels = {**cfg.labels, "app.kubernetes.io/component": "trainer"}
     if job_name:
         labels["app.kubernetes.io/instance"] = job_name
-    container = {"name": NODE, "volumeMounts": k8s_json(parts.volume_mounts),
-                 "securityContext": k8s_json(parts.container_security)}
-    spec = {"serviceAccountName": cfg.service_account, "securityContext": k8s_json(parts.pod_security),
-            "volumes": k8s_json(parts.volumes), "containers": [container],
-            "tolerations": k8s_json(parts.tolerations) or None, "nodeSelector": parts.node_selector or None,
-            "imagePullSecrets": [{"name": s} for s in cfg.image_pull_secrets] or None}
-    override = {"targetJobs": [{"name": NODE}], "metadata": {"labels": labels},
-                "spec": {k: v for k, v in spec.items() if v is not None}}
+    # why only mounts and security context on the container: Trainer takes image, command, env and resources from
+    # spec.trainer, and the patch model has no other container field
+    container = k8s.V1Container(name=NODE, volume_mounts=parts.volume_mounts,
+                                security_context=parts.container_security)
+    spec = k8s_json(k8s.V1PodSpec(containers=[container], **pod_settings(cfg, parts)))
+    override = {"targetJobs": [{"name": NODE}], "metadata": {"labels": labels}, "spec": spec}
     return TrainJobSettings(
         runtime_ref_name=cfg.trainjob_runtime, runtime_ref_kind=cfg.trainjob_runtime_kind, num_nodes=nodes,
         num_proc_per_node=gpus, trainer_env={e.name: e.value for e in parts.env},
@@ -122,13 +122,6 @@ def _runtime_patch(overrides: Sequence[Mapping[str, Any]]) -> tm.TrainerV1alpha1
         "manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": jobs}}}})
 
 
-def _merge(base: dict, override: Mapping[str, Any]) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def build_trainjob(settings: TrainJobSettings, *, name: str, namespace: str, image: str, command: Sequence[str],
                    args: Sequence[str], env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
                    annotations: Mapping[str, str] | None = None) -> tm.TrainerV1alpha1TrainJob:
@@ -147,7 +140,7 @@ def build_trainjob(settings: TrainJobSettings, *, name: str, namespace: str, ima
         **({"numProcPerNode": settings.num_proc_per_node} if settings.num_proc_per_node else {}),
         "env": [{"name": k, "value": v} for k, v in sorted(merged_env.items())] or None,
     }
-    trainer = _merge({k: v for k, v in trainer.items() if v is not None}, settings.trainer_overrides)
+    trainer = deep_merge({k: v for k, v in trainer.items() if v is not None}, settings.trainer_overrides)
     patch = _runtime_patch(settings.pod_template_overrides)
     return tm.TrainerV1alpha1TrainJob(
         api_version=API_VERSION, kind="TrainJob",
@@ -204,15 +197,6 @@ def unknown_fields(given: Any, kept: Any, path: str = "") -> list[str]:
     return []
 
 
-def _flag(args: Sequence[str], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg.startswith(f"--{flag}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{flag}" and i + 1 < len(args):
-            return args[i + 1]
-    return None
-
-
 def trainer_errors(obj: Mapping[str, Any], where: str, gpu_resource: str) -> list[str]:
     """What Trainer's webhook and torch plugin refuse, and what would run but not as one job."""
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
@@ -230,7 +214,7 @@ def trainer_errors(obj: Mapping[str, Any], where: str, gpu_resource: str) -> lis
     if trainer.get("command") == ["torchrun"] and "--standalone" in args:
         errors.append(f"{where}: spec.trainer.args has --standalone: every node would train alone")
     for flag, key in (("nnodes", "numNodes"), ("nproc-per-node", "numProcPerNode")):
-        value = _flag(args, flag)
+        value = torchrun_flag(args, flag)
         if value is not None and value != str(trainer.get(key)):
             errors.append(f"{where}: torchrun --{flag}={value} but spec.trainer.{key} is {trainer.get(key)}")
     gpus = ((trainer.get("resourcesPerNode") or {}).get("limits") or {}).get(gpu_resource)

@@ -12,6 +12,7 @@ from typing import Any
 from pipelines.cluster.config import DNS1035_LABEL, MIN_KUBERNETES
 from pipelines.cluster.files import expand_lists
 from pipelines.cluster.manifests import PYTORCHJOB_API, PYTORCHJOB_CONTAINER
+from pipelines.cluster.pod import torchrun_flag
 from pipelines.cluster.pod_security import pod_templates, violations
 from pipelines.cluster.trainjob import TORCH_DISTRIBUTED, effective_pods, model_errors, trainer_errors
 from udon_core.errors import UdonUserError
@@ -57,13 +58,6 @@ def _template_schema_errors(template: dict, versions: Sequence[str], where: str)
     return _schema_errors(doc, versions, where)[0]
 
 
-def _torchrun_flag(args: list[str], flag: str) -> str | None:
-    for arg in args:
-        if isinstance(arg, str) and arg.startswith(f"--{flag}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def _torchrun_errors(container: dict, gpu_resource: str, nnodes: int, where: str) -> list[str]:
     """The torchrun flags must agree with the pod: processes = GPUs, nodes = replicas."""
     if container.get("command") != ["torchrun"]:
@@ -71,11 +65,11 @@ def _torchrun_errors(container: dict, gpu_resource: str, nnodes: int, where: str
     args = container.get("args") or []
     errors = []
     gpus = ((container.get("resources") or {}).get("limits") or {}).get(gpu_resource)
-    nproc = _torchrun_flag(args, "nproc-per-node")
+    nproc = torchrun_flag(args, "nproc-per-node")
     if gpus is None or nproc != str(gpus):
         errors.append(f"{where}: torchrun --nproc-per-node={nproc} but the {gpu_resource} limit is {gpus}")
-    if _torchrun_flag(args, "nnodes") != str(nnodes):
-        errors.append(f"{where}: torchrun --nnodes={_torchrun_flag(args, 'nnodes')} but the run has {nnodes} pods")
+    if torchrun_flag(args, "nnodes") != str(nnodes):
+        errors.append(f"{where}: torchrun --nnodes={torchrun_flag(args, 'nnodes')} but the run has {nnodes} pods")
     return errors
 
 

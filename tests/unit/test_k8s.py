@@ -197,6 +197,23 @@ def test_broken_pytorchjob_is_reported_field_by_field(multi):
     assert "--nproc-per-node=8 but the nvidia.com/gpu limit is 4" in text
 
 
+@pytest.mark.parametrize("shape", ["single", "multi"])
+def test_torchrun_flags_written_with_a_space_are_read_too(shape, request):
+    import copy
+
+    manifests = copy.deepcopy(request.getfixturevalue(shape))
+    containers = [c for spec in _pod_specs(_workload(manifests)) for c in spec["containers"]]
+    nodes = "1" if shape == "single" else "3"
+    for container in containers:  # "--nnodes=3" -> "--nnodes", "3": the same command to torchrun
+        container["args"] = [part for arg in container["args"] for part in arg.split("=", 1)]
+        assert container["args"][container["args"].index("--nnodes") + 1] == nodes
+    validate_manifests(manifests, VERSIONS)
+    for container in containers:
+        container["args"][container["args"].index("--nnodes") + 1] = "4"
+    with pytest.raises(ManifestError, match="torchrun --nnodes=4 but the run has"):
+        validate_manifests(manifests, VERSIONS)
+
+
 def test_broken_builtin_manifest_names_version_and_path(single):
     import copy
 
