@@ -27,6 +27,7 @@ from pydantic import ValidationError as PydanticError
 from pipelines.cluster.config import ClusterConfig
 from pipelines.cluster.pod import k8s_json, pod_parts, pod_settings, torchrun_flag, trainer_args
 from udon_core.overrides import deep_merge
+from udon_core.torchrun_env import PET_ENV
 
 if TYPE_CHECKING:
     from kubeflow_trainer_api import models as tm
@@ -39,7 +40,6 @@ NODE = "node"  # the trainer's replicated job and container in Trainer's torch r
 ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 PATCH_MANAGER = "udon-pipeline"  # our entry in spec.runtimePatches (each manager owns one)
 TRAINER_PORT = 29400  # the port Trainer's torch plugin opens on the node container and names in PET_MASTER_PORT
-TORCH_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 # why bounded: a TrainJob that never starts (Pending on nodes, ImagePullBackOff) never fails by itself, and a
 # watch without an end would hold the ZenML step (and its GPUs' quota) forever. 72 h is several full UnED runs.
 DEFAULT_TIMEOUT_SECONDS = 72 * 3600
@@ -207,7 +207,7 @@ def trainer_errors(obj: Mapping[str, Any], where: str, gpu_resource: str) -> lis
     ref = spec.get("runtimeRef") if isinstance(spec.get("runtimeRef"), dict) else {}
     if ref.get("kind", "ClusterTrainingRuntime") not in RUNTIME_PLURALS:
         errors.append(f"{where}: spec.runtimeRef.kind must be one of {sorted(RUNTIME_PLURALS)}")
-    reserved = sorted({e.get("name") for e in trainer.get("env") or [] if isinstance(e, dict)} & set(TORCH_ENV))
+    reserved = sorted({e.get("name") for e in trainer.get("env") or [] if isinstance(e, dict)} & set(PET_ENV))
     if reserved:
         errors.append(f"{where}: spec.trainer.env sets {reserved}, which the torch runtime reserves")
     args = [str(a) for a in trainer.get("args") or []]

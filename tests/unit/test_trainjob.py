@@ -33,7 +33,7 @@ from pipelines.cluster import submit as submit_mod
 from pipelines.cluster.submit import ClusterAccessError, TrainJobFailed, TrainJobUnavailable, submit_trainjob
 from pipelines.cluster.trainjob import NODE, TORCH_DISTRIBUTED, TrainJobSettings, effective_pods
 from udon_core.errors import InvalidValueError
-from udon_core.training.distributed import torch_env
+from udon_core.torchrun_env import torch_env
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.30.0", "1.37.0")
