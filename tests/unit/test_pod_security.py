@@ -65,7 +65,13 @@ def test_baseline_level_leaves_out_the_restricted_rules():
     del spec["containers"][0]["securityContext"]  # restricted: escalation, capabilities; baseline: fine
     assert violations(None, spec, level="baseline") == []
     assert len(violations(None, spec)) == 2
-    assert violations(pod(spec)["metadata"], spec) == violations(None, spec)
+    # the metadata is read: an AppArmor annotation that unconfines the container is a third finding
+    unconfined = pod(spec, {"container.apparmor.security.beta.kubernetes.io/main": "unconfined"})["metadata"]
+    assert violations(unconfined, spec) == [
+        "baseline AppArmor: metadata.annotations[container.apparmor.security.beta.kubernetes.io/main]: "
+        "'unconfined' is not allowed (unset or 'runtime/default' or 'localhost/*')", *violations(None, spec)]
+    confined = pod(spec, {"container.apparmor.security.beta.kubernetes.io/main": "localhost/udon"})["metadata"]
+    assert violations(confined, spec) == violations(None, spec)
 
 
 @pytest.mark.parametrize(("sysctl", "rejected_on"), [

@@ -16,7 +16,6 @@ from uuid import UUID, uuid4
 import pytest
 import yaml
 from click.testing import CliRunner
-from kubeflow_trainer_api import models as tm
 from kubernetes.client import ApiException
 
 from pipelines.cli.k8s import k8s
@@ -491,8 +490,7 @@ def test_step_operator_submits_model_trainer_as_a_trainjob_field_by_field(monkey
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.count": "8"}
     assert {v["name"] for v in pod["spec"]["volumes"]} == {"dshm", "data"}  # no config map: ZenML passes the config
     assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
-    assert tm.TrainerV1alpha1TrainJob.from_dict(job).to_dict() == job
-    validate_manifests({"step": job}, VERSIONS)
+    validate_manifests({"step": job}, VERSIONS)  # the API model keeps every field (model_errors' round trip)
     # an image the user sets for the step replaces ZenML's build
     cluster = FakeCluster()
     mine = trainer_step["settings"]["step_operator"].model_copy(update={"image": "registry.example.com/udon/mine:2"})
