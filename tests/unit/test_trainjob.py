@@ -159,13 +159,13 @@ def test_cli_writes_one_file_that_validate_reads_back(tmp_path):
     result = CliRunner().invoke(k8s, args)
     assert result.exit_code == 0, result.output
     docs = list(yaml.safe_load_all(out.read_text()))
-    assert [d["kind"] for d in docs][-1] == "TrainJob" and len(docs) == 8
+    assert [d["kind"] for d in docs][-1] == "TrainJob" and len(docs) == 10
     assert docs[-1]["metadata"]["labels"]["udon-pipeline/data-version"] == "5f1c.dir"
     assert docs[-1]["metadata"]["labels"]["udon-pipeline/zenml-run"] == "training_pipeline-2026_12_03"
     role = next(d for d in docs if d["kind"] == "Role")
     assert any("trainjobs" in r["resources"] for r in role["rules"])
     result = CliRunner().invoke(k8s, ["validate", str(out.parent)])
-    assert result.exit_code == 0 and "8 manifests" in result.output, result.output
+    assert result.exit_code == 0 and "10 manifests" in result.output, result.output
     (tmp_path / "mine.yaml").write_text("kept: true\n")
     refused = CliRunner().invoke(k8s, [*args[:-6], "--trainjob", str(tmp_path / "mine.yaml")])
     assert refused.exit_code == 2 and "not written by `udon k8s render`" in refused.output
