@@ -2,7 +2,8 @@
 
 The work is in ``udon_core.training.job``; this module name is the stable command line of the manifests. On a
 Kubeflow Trainer node started without torchrun (one process per node), the runtime's ``PET_*`` variables are
-turned into torchrun's (RANK, WORLD_SIZE, ...) first, so that the logs and the process group agree on the rank.
+turned into torchrun's (RANK, WORLD_SIZE, ...) first: ``main`` names the rank in its log format before it joins
+the process group (``init_distributed``, whose own call is then a no-op), so the logs and the group agree.
 """
 
 from __future__ import annotations

@@ -129,7 +129,8 @@ def render_cmd(config_path: Path, overlays: tuple[Path, ...], train_path: Path |
               help="submit the run as a Kubeflow Trainer v2 TrainJob (the only kind submit creates)")
 @click.option("--context", help="kubeconfig context [the current one]")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="watch the TrainJob until it ends")
-@click.option("--timeout", "timeout_s", type=click.IntRange(min=1), help="stop watching after this many seconds")
+@click.option("--timeout", "timeout_s", type=click.IntRange(min=1),
+              help="stop watching after this many seconds [the TrainJob's activeDeadlineSeconds, 72 h, + 5 min]")
 def submit_cmd(config_path: Path, overlays: tuple[Path, ...], train_path: Path | None, nodes: int | None,
                gpus_per_node: int | None, job_name: str | None, data_version: str | None, zenml_run: str | None,
                trainjob: bool, context: str | None, wait: bool, timeout_s: int | None) -> None:

@@ -90,7 +90,8 @@ class ClusterConfig(BaseModel):
     launcher_service_account: str = Field(
         default="udon-launcher",
         description="the account that submits and watches runs (CI, an in-cluster ZenML orchestrator); the Role "
-                    "grants it jobs, pytorchjobs, pods/log and the config map, in this namespace only",
+                    "grants it jobs, pytorchjobs, trainjobs, pods/log and the config map in this namespace, and a "
+                    "ClusterRole reading ClusterTrainingRuntimes, nothing else cluster-wide",
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict,

@@ -113,10 +113,10 @@ def _access_objects(cfg: ClusterConfig) -> list[Any]:
                                verbs=["create", "get", "list", "watch", "delete"]),
                           rule(api_groups=["kubeflow.org"], resources=["pytorchjobs"],
                                verbs=["create", "get", "list", "watch", "delete"]),
+                          # submit creates, polls and (on a dropped runtime patch) deletes; list/watch for kubectl
                           rule(api_groups=["trainer.kubeflow.org"], resources=["trainjobs"],
-                               verbs=["create", "get", "list", "watch", "delete", "patch"]),
-                          rule(api_groups=["trainer.kubeflow.org"], resources=["trainingruntimes"],
-                               verbs=["get", "list"]),
+                               verbs=["create", "get", "list", "watch", "delete"]),
+                          rule(api_groups=["trainer.kubeflow.org"], resources=["trainingruntimes"], verbs=["get"]),
                           rule(api_groups=[""], resources=["pods", "events"], verbs=["get", "list", "watch"]),
                           rule(api_groups=[""], resources=["pods/log"], verbs=["get"]),
                           rule(api_groups=[""], resources=["configmaps"], verbs=["create"]),
@@ -131,6 +131,21 @@ def _access_objects(cfg: ClusterConfig) -> list[Any]:
                                     namespace=cfg.namespace)],
     )
     return [namespace, trainer, launcher, role, binding]
+
+
+def _cluster_access_objects(cfg: ClusterConfig) -> list[Any]:
+    """The launcher's one cluster-wide right: reading ClusterTrainingRuntimes (cluster-scoped, so no Role can grant
+    it), which ``submit`` checks a TrainJob's pods against before creating it."""
+    name = f"{cfg.namespace}-{cfg.launcher_service_account}-runtimes"  # ClusterRoles share one cluster-wide space
+    meta = k8s.V1ObjectMeta(name=name, labels=dict(cfg.labels))
+    role = k8s.V1ClusterRole(api_version="rbac.authorization.k8s.io/v1", kind="ClusterRole", metadata=meta, rules=[
+        k8s.V1PolicyRule(api_groups=["trainer.kubeflow.org"], resources=["clustertrainingruntimes"], verbs=["get"])])
+    binding = k8s.V1ClusterRoleBinding(
+        api_version="rbac.authorization.k8s.io/v1", kind="ClusterRoleBinding", metadata=meta,
+        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name),
+        subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=cfg.launcher_service_account,
+                                    namespace=cfg.namespace)])
+    return [role, binding]
 
 
 def _storage_objects(cfg: ClusterConfig, config_text: str) -> list[Any]:
@@ -172,6 +187,14 @@ def render_manifests(cfg: ClusterConfig, train_config: Mapping[str, Any], nodes:
     for index, obj in enumerate(objects):
         plain = k8s_json(obj)
         out[f"{index:02d}-{plain['kind'].lower()}-{plain['metadata']['name']}.yaml"] = plain
+    # why the Role's and the RoleBinding's numbers: the setup stays 00-06 and the run 07 (k8s/README.md's apply
+    # commands), and each cluster-wide object sorts beside its namespaced twin
+    slots = {type(obj).__name__: index for index, obj in enumerate(objects)}
+    for obj in _cluster_access_objects(cfg):
+        plain = k8s_json(obj)
+        index = slots[type(obj).__name__.replace("Cluster", "")]
+        out[f"{index:02d}-{plain['kind'].lower()}-{plain['metadata']['name']}.yaml"] = plain
+    out = dict(sorted(out.items()))
     if trainjob:
         from pipelines.cluster.trainjob import render_trainjob
 

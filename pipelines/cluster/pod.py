@@ -4,6 +4,7 @@ and every manifest share, and the container command of the training pods.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,17 @@ def trainer_args(cfg: ClusterConfig) -> list[str]:
     return ["-m", ENTRY_MODULE, "--config", f"{cfg.config_mount_path}/{CONFIG_KEY}", "--resume", "auto"]
 
 
+def torchrun_flag(args: Sequence[Any], flag: str) -> str | None:
+    """The value of ``--<flag>`` in torchrun's arguments, written ``--flag=V`` or ``--flag V``; None if absent."""
+    args = [a for a in args if isinstance(a, str)]
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{flag}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{flag}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
 def trainer_container(cfg: ClusterConfig, parts: PodParts, name: str, args: list[str],
                ports: list[k8s.V1ContainerPort] | None = None) -> k8s.V1Container:
     return k8s.V1Container(
@@ -103,12 +115,17 @@ def trainer_container(cfg: ClusterConfig, parts: PodParts, name: str, args: list
     )
 
 
+def pod_settings(cfg: ClusterConfig, parts: PodParts) -> dict[str, Any]:
+    """The pod-level fields every route's pods share (``V1PodSpec`` keyword arguments): account, security context,
+    volumes, tolerations, node selector, pull secrets; each one a Trainer runtime patch may also set."""
+    return {"service_account_name": cfg.service_account, "security_context": parts.pod_security,
+            "volumes": parts.volumes, "tolerations": parts.tolerations or None,
+            "node_selector": parts.node_selector or None,
+            "image_pull_secrets": [k8s.V1LocalObjectReference(name=s) for s in cfg.image_pull_secrets] or None}
+
+
 def pod_template(cfg: ClusterConfig, parts: PodParts, container: k8s.V1Container, restart_policy: str,
                   labels: dict[str, str]) -> k8s.V1PodTemplateSpec:
-    spec = k8s.V1PodSpec(
-        containers=[container], restart_policy=restart_policy, service_account_name=cfg.service_account,
-        automount_service_account_token=False, node_selector=parts.node_selector or None,
-        tolerations=parts.tolerations or None, volumes=parts.volumes, security_context=parts.pod_security,
-        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in cfg.image_pull_secrets] or None,
-    )
+    spec = k8s.V1PodSpec(containers=[container], restart_policy=restart_policy, automount_service_account_token=False,
+                         **pod_settings(cfg, parts))
     return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=spec)

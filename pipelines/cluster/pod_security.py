@@ -57,12 +57,16 @@ def _each_container(*paths: str) -> tuple[str, ...]:
 
 BASELINE_CAPABILITIES = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
                          "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
-# why not net.ipv4.tcp_rmem / tcp_wmem: the kubelet counts them safe from 1.32, but the standard's list stops here.
+# The safe sysctls and the version each joined, as Pod Security admission has them (k8s.io/pod-security-admission
+# policy/check_sysctls.go: sysctlsAllowedV1Dot0, ...V1Dot27, ...V1Dot29, ...V1Dot32, and ...V1Dot37, added in
+# April 2026 for Kubernetes 1.37).
 SAFE_SYSCTLS = ("kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
                 "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range")
 NEWER_SAFE_SYSCTLS = {"net.ipv4.ip_local_reserved_ports": "1.27", "net.ipv4.tcp_keepalive_time": "1.29",
                       "net.ipv4.tcp_fin_timeout": "1.29", "net.ipv4.tcp_keepalive_intvl": "1.29",
-                      "net.ipv4.tcp_keepalive_probes": "1.29"}
+                      "net.ipv4.tcp_keepalive_probes": "1.29", "net.ipv4.tcp_rmem": "1.32",
+                      "net.ipv4.tcp_wmem": "1.32", "net.ipv4.tcp_slow_start_after_idle": "1.37",
+                      "net.ipv4.tcp_notsent_lowat": "1.37"}
 RESTRICTED_VOLUMES = ("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                       "projected", "secret")
 _PROBES = tuple(f"spec.{{containers}}[*].{p}.{h}.host" for p in ("livenessProbe", "readinessProbe", "startupProbe")

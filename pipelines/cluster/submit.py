@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.cluster.trainjob import (
     API_VERSION,
+    DEFAULT_TIMEOUT_SECONDS,
     GROUP,
     NODE,
     PLURAL,
@@ -163,17 +164,50 @@ def node0_logs(core: Any, namespace: str, name: str, tail: int = 40) -> str:
         return f"(no logs of node 0: {_reason(err)})"
 
 
+# why these waits: an API server restart or a control-plane upgrade answers 5xx or drops connections for a minute
+# or two; a watch of hours must outlive that, and still fail in minutes when the cluster is really gone.
+READ_RETRY_SECONDS = (5, 10, 20, 40, 80, 160)
+WATCH_GRACE_SECONDS = 300  # past the TrainJob's deadline, for Trainer to mark it Failed (DeadlineExceeded)
+
+
+def _transient(err: Exception) -> bool:
+    """A server error (5xx), throttling (429), or a connection that failed or broke: worth another try."""
+    import urllib3
+
+    status = _status(err)
+    if status:
+        return status == 429 or status >= 500
+    return status == 0 or isinstance(err, (OSError, urllib3.exceptions.HTTPError))  # 0: the client's SSL error
+
+
+def read_trainjob(custom: Any, namespace: str, name: str, sleep: Callable[[float], None] = time.sleep) -> dict:
+    """The TrainJob as stored, with a few tries over ~5 min on transient errors (``READ_RETRY_SECONDS``).
+
+    Raises:
+        ClusterAccessError: a refusal (403, 404), or transient errors past the last try.
+    """
+    for attempt, wait in enumerate((*READ_RETRY_SECONDS, None)):
+        try:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except Exception as err:  # noqa: BLE001 - ApiException or a transport error, told apart by _transient
+            if wait is None or not _transient(err):
+                tries = f" ({attempt + 1} tries over {sum(READ_RETRY_SECONDS[:attempt]):.0f} s)" if attempt else ""
+                raise ClusterAccessError(f"cannot read TrainJob {name}{tries}: {_reason(err)} (it may still run: "
+                                         f"kubectl -n {namespace} get trainjob {name})") from err
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def watch_trainjob(custom: Any, core: Any, namespace: str, name: str, *, poll_seconds: float = 10.0,
-                   timeout_seconds: float | None = None, echo: Callable[[str], None] = print,
+                   timeout_seconds: float, echo: Callable[[str], None] = print,
                    sleep: Callable[[float], None] = time.sleep,
                    clock: Callable[[], float] = time.monotonic) -> TrainJobOutcome:
-    """Poll the TrainJob until it is Complete (returned) or Failed (TrainJobFailed with node 0's log tail)."""
+    """Poll the TrainJob until it is Complete (returned) or Failed (TrainJobFailed with node 0's log tail), for at
+    most ``timeout_seconds`` (TrainJobFailed naming its last status: a Suspended TrainJob waits for its queue, a
+    Pending one for nodes or its image, and neither ever fails by itself)."""
     start, last = clock(), None
     while True:
-        try:
-            job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except Exception as err:  # noqa: BLE001
-            raise ClusterAccessError(f"cannot read TrainJob {name}: {_reason(err)}") from err
+        job = read_trainjob(custom, namespace, name, sleep)
         conditions = [f"{c.get('type')}={c.get('status')}" for c in (job.get("status") or {}).get("conditions") or []]
         if conditions != last:
             echo(f"TrainJob {name}: {', '.join(conditions) or 'created, no status yet'}")
@@ -184,17 +218,28 @@ def watch_trainjob(custom: Any, core: Any, namespace: str, name: str, *, poll_se
         if done:
             raise TrainJobFailed(f"TrainJob {name} failed: {done[1]}\nlast lines of node 0:\n"
                                  f"{node0_logs(core, namespace, name)}")
-        if timeout_seconds is not None and clock() - start > timeout_seconds:
-            raise TrainJobFailed(f"TrainJob {name} still runs after {timeout_seconds:.0f} s (it goes on: kubectl "
-                                 f"-n {namespace} get trainjob {name})")
+        if clock() - start > timeout_seconds:
+            ends = ("the cluster ends it at its activeDeadlineSeconds" if (job.get("spec") or {}).get(
+                "activeDeadlineSeconds") else "it goes on")
+            raise TrainJobFailed(f"TrainJob {name} did not finish within {timeout_seconds:.0f} s (last status: "
+                                 f"{', '.join(conditions) or 'none'}; {ends}): kubectl -n {namespace} describe "
+                                 f"trainjob {name}")
         sleep(poll_seconds)
+
+
+def watch_timeout(job: Mapping[str, Any]) -> float:
+    """How long to watch ``job`` by default: its ``spec.activeDeadlineSeconds`` and the time Trainer takes to mark
+    it Failed, else the default deadline (``trainjob.DEFAULT_TIMEOUT_SECONDS``): never unbounded."""
+    deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    return float(deadline or DEFAULT_TIMEOUT_SECONDS) + WATCH_GRACE_SECONDS
 
 
 def submit_trainjob(manifests: Mapping[str, Mapping[str, Any]], custom: Any, core: Any, *,
                     versions: Sequence[str] | None = None, gpu_resource: str = "nvidia.com/gpu", wait: bool = True,
                     poll_seconds: float = 10.0, timeout_seconds: float | None = None,
                     echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> TrainJobOutcome:
-    """Submit the TrainJob of ``manifests`` (and its ConfigMap, if any) and, with ``wait``, watch it to the end.
+    """Submit the TrainJob of ``manifests`` (and its ConfigMap, if any) and, with ``wait``, watch it to the end or
+    for ``timeout_seconds`` (None: ``watch_timeout``, the TrainJob's own deadline and a grace).
 
     Raises:
         TrainJobUnavailable: no TrainJob API, no such runtime, or a Trainer that drops runtime patches.
@@ -218,8 +263,8 @@ def submit_trainjob(manifests: Mapping[str, Mapping[str, Any]], custom: Any, cor
     echo(f"TrainJob {name} created in namespace {namespace} (runtime {job['spec']['runtimeRef']['name']})")
     if not wait:
         return TrainJobOutcome(name, namespace, "Submitted")
-    return watch_trainjob(custom, core, namespace, name, poll_seconds=poll_seconds,
-                          timeout_seconds=timeout_seconds, echo=echo, sleep=sleep)
+    return watch_trainjob(custom, core, namespace, name, poll_seconds=poll_seconds, echo=echo, sleep=sleep,
+                          timeout_seconds=watch_timeout(job) if timeout_seconds is None else timeout_seconds)
 
 
 def kube_apis(context: str | None = None, incluster: bool = False) -> tuple[Any, Any]:

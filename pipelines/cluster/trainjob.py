@@ -20,11 +20,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from kubernetes import client as k8s
 from pydantic import BaseModel, Field, PositiveInt
 from pydantic import ValidationError as PydanticError
 
 from pipelines.cluster.config import ClusterConfig
-from pipelines.cluster.pod import k8s_json, pod_parts, trainer_args
+from pipelines.cluster.pod import k8s_json, pod_parts, pod_settings, torchrun_flag, trainer_args
+from udon_core.overrides import deep_merge
+from udon_core.torchrun_env import PET_ENV
 
 if TYPE_CHECKING:
     from kubeflow_trainer_api import models as tm
@@ -37,7 +40,9 @@ NODE = "node"  # the trainer's replicated job and container in Trainer's torch r
 ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 PATCH_MANAGER = "udon-pipeline"  # our entry in spec.runtimePatches (each manager owns one)
 TRAINER_PORT = 29400  # the port Trainer's torch plugin opens on the node container and names in PET_MASTER_PORT
-TORCH_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+# why bounded: a TrainJob that never starts (Pending on nodes, ImagePullBackOff) never fails by itself, and a
+# watch without an end would hold the ZenML step (and its GPUs' quota) forever. 72 h is several full UnED runs.
+DEFAULT_TIMEOUT_SECONDS = 72 * 3600
 JOB_INDEX_PATH = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 # The shape of upstream's `torch-distributed` ClusterTrainingRuntime (Trainer 2.2/2.3): one replicated job `node`
@@ -66,34 +71,42 @@ class TrainJobSettings(BaseModel):
         default_factory=list, description="upstream's override entries ({targetJobs: [{name}], metadata, spec}); "
                                           "applied as our spec.runtimePatches entry on Trainer 2.2+")
     poll_interval_seconds: float = Field(default=10.0, gt=0, description="status polling while watching")
-    timeout_seconds: PositiveInt | None = Field(default=None, description="give up watching after this long")
+    timeout_seconds: PositiveInt | None = Field(
+        default=DEFAULT_TIMEOUT_SECONDS,
+        description="the TrainJob's spec.activeDeadlineSeconds (Trainer stops its pods and marks it Failed, "
+                    "DeadlineExceeded, this long after it starts; a suspended one does not count down), and the "
+                    "watch gives up 5 min later; None: no deadline, and the watch gives up after the default 72 h")
     delete_trainjob_after_completion: bool = False
     kubernetes_namespace: str = "default"
     incluster: bool = False
     kubernetes_context: str | None = None
-    image: str | None = None
+    image: str | None = Field(default=None, description="replaces the image ZenML built for the step (None: that "
+                                                          "image; a manifest run names the configuration's)")
 
 
 def trainjob_settings(cfg: ClusterConfig, *, nodes: int, gpus: int, job_name: str | None,
                       with_config: bool = True) -> TrainJobSettings:
-    """The TrainJob settings of ``configs/cluster.yaml``: the same pod parts as every other route (pod.py)."""
+    """The TrainJob settings of ``configs/cluster.yaml``: the same pod parts as every other route (pod.py).
+
+    No ``image``: a manifest run names ``cfg.image`` itself (``render_trainjob``), and the step operator runs the
+    image ZenML built for the step (``cfg.image`` as is with ``zenml_skip_build``, else a code image on it); an
+    image in these settings would override ZenML's build, and ZenML keeps every setting that differs from its
+    default."""
     parts = pod_parts(cfg, gpus, job_name=job_name, with_config=with_config)
     labels = {**cfg.labels, "app.kubernetes.io/component": "trainer"}
     if job_name:
         labels["app.kubernetes.io/instance"] = job_name
-    container = {"name": NODE, "volumeMounts": k8s_json(parts.volume_mounts),
-                 "securityContext": k8s_json(parts.container_security)}
-    spec = {"serviceAccountName": cfg.service_account, "securityContext": k8s_json(parts.pod_security),
-            "volumes": k8s_json(parts.volumes), "containers": [container],
-            "tolerations": k8s_json(parts.tolerations) or None, "nodeSelector": parts.node_selector or None,
-            "imagePullSecrets": [{"name": s} for s in cfg.image_pull_secrets] or None}
-    override = {"targetJobs": [{"name": NODE}], "metadata": {"labels": labels},
-                "spec": {k: v for k, v in spec.items() if v is not None}}
+    # why only mounts and security context on the container: Trainer takes image, command, env and resources from
+    # spec.trainer, and the patch model has no other container field
+    container = k8s.V1Container(name=NODE, volume_mounts=parts.volume_mounts,
+                                security_context=parts.container_security)
+    spec = k8s_json(k8s.V1PodSpec(containers=[container], **pod_settings(cfg, parts)))
+    override = {"targetJobs": [{"name": NODE}], "metadata": {"labels": labels}, "spec": spec}
     return TrainJobSettings(
         runtime_ref_name=cfg.trainjob_runtime, runtime_ref_kind=cfg.trainjob_runtime_kind, num_nodes=nodes,
         num_proc_per_node=gpus, trainer_env={e.name: e.value for e in parts.env},
         trainer_overrides={"resourcesPerNode": k8s_json(parts.resources)}, pod_template_overrides=[override],
-        kubernetes_namespace=cfg.namespace, image=cfg.image)
+        kubernetes_namespace=cfg.namespace)
 
 
 def _runtime_patch(overrides: Sequence[Mapping[str, Any]]) -> tm.TrainerV1alpha1RuntimePatch | None:
@@ -107,13 +120,6 @@ def _runtime_patch(overrides: Sequence[Mapping[str, Any]]) -> tm.TrainerV1alpha1
         return None
     return tm.TrainerV1alpha1RuntimePatch.from_dict({
         "manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": jobs}}}})
-
-
-def _merge(base: dict, override: Mapping[str, Any]) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def build_trainjob(settings: TrainJobSettings, *, name: str, namespace: str, image: str, command: Sequence[str],
@@ -134,7 +140,7 @@ def build_trainjob(settings: TrainJobSettings, *, name: str, namespace: str, ima
         **({"numProcPerNode": settings.num_proc_per_node} if settings.num_proc_per_node else {}),
         "env": [{"name": k, "value": v} for k, v in sorted(merged_env.items())] or None,
     }
-    trainer = _merge({k: v for k, v in trainer.items() if v is not None}, settings.trainer_overrides)
+    trainer = deep_merge({k: v for k, v in trainer.items() if v is not None}, settings.trainer_overrides)
     patch = _runtime_patch(settings.pod_template_overrides)
     return tm.TrainerV1alpha1TrainJob(
         api_version=API_VERSION, kind="TrainJob",
@@ -145,7 +151,7 @@ def build_trainjob(settings: TrainJobSettings, *, name: str, namespace: str, ima
             runtime_ref=tm.TrainerV1alpha1RuntimeRef(name=settings.runtime_ref_name, kind=settings.runtime_ref_kind,
                                                      api_group=settings.runtime_ref_api_group),
             trainer=tm.TrainerV1alpha1Trainer.from_dict(trainer),
-            runtime_patches=[patch] if patch else None),
+            runtime_patches=[patch] if patch else None, active_deadline_seconds=settings.timeout_seconds),
     )
 
 
@@ -191,15 +197,6 @@ def unknown_fields(given: Any, kept: Any, path: str = "") -> list[str]:
     return []
 
 
-def _flag(args: Sequence[str], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg.startswith(f"--{flag}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{flag}" and i + 1 < len(args):
-            return args[i + 1]
-    return None
-
-
 def trainer_errors(obj: Mapping[str, Any], where: str, gpu_resource: str) -> list[str]:
     """What Trainer's webhook and torch plugin refuse, and what would run but not as one job."""
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
@@ -210,14 +207,14 @@ def trainer_errors(obj: Mapping[str, Any], where: str, gpu_resource: str) -> lis
     ref = spec.get("runtimeRef") if isinstance(spec.get("runtimeRef"), dict) else {}
     if ref.get("kind", "ClusterTrainingRuntime") not in RUNTIME_PLURALS:
         errors.append(f"{where}: spec.runtimeRef.kind must be one of {sorted(RUNTIME_PLURALS)}")
-    reserved = sorted({e.get("name") for e in trainer.get("env") or [] if isinstance(e, dict)} & set(TORCH_ENV))
+    reserved = sorted({e.get("name") for e in trainer.get("env") or [] if isinstance(e, dict)} & set(PET_ENV))
     if reserved:
         errors.append(f"{where}: spec.trainer.env sets {reserved}, which the torch runtime reserves")
     args = [str(a) for a in trainer.get("args") or []]
     if trainer.get("command") == ["torchrun"] and "--standalone" in args:
         errors.append(f"{where}: spec.trainer.args has --standalone: every node would train alone")
     for flag, key in (("nnodes", "numNodes"), ("nproc-per-node", "numProcPerNode")):
-        value = _flag(args, flag)
+        value = torchrun_flag(args, flag)
         if value is not None and value != str(trainer.get(key)):
             errors.append(f"{where}: torchrun --{flag}={value} but spec.trainer.{key} is {trainer.get(key)}")
     gpus = ((trainer.get("resourcesPerNode") or {}).get("limits") or {}).get(gpu_resource)

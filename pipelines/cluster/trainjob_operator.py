@@ -147,13 +147,16 @@ class TrainJobStepOperator(BaseStepOperator):
         from pipelines.cluster.trainjob import GROUP, PLURAL, VERSION
 
         settings = cast(TrainJobStepOperatorSettings, self.get_settings(info))
+        # why: the image ZenML built for this step holds the pipeline's code; only an image the user set for
+        # the step (or the component) replaces it.
         image = settings.image or info.get_image(key=DOCKER_KEY)
         job = step_trainjob(settings, info, entrypoint_command, environment, image)
         custom, core = kube_apis(settings.kubernetes_context, settings.incluster)
         info.force_write_logs()
         try:
+            # the watch's bound follows the TrainJob's deadline (settings.timeout_seconds) with a grace
             submit_trainjob({"TrainJob": job}, custom, core, poll_seconds=settings.poll_interval_seconds,
-                            timeout_seconds=settings.timeout_seconds, echo=logger.info)
+                            echo=logger.info)
         finally:
             if settings.delete_trainjob_after_completion:
                 meta = job["metadata"]

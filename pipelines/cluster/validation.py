@@ -12,6 +12,7 @@ from typing import Any
 from pipelines.cluster.config import DNS1035_LABEL, MIN_KUBERNETES
 from pipelines.cluster.files import expand_lists
 from pipelines.cluster.manifests import PYTORCHJOB_API, PYTORCHJOB_CONTAINER
+from pipelines.cluster.pod import torchrun_flag
 from pipelines.cluster.pod_security import pod_templates, violations
 from pipelines.cluster.trainjob import TORCH_DISTRIBUTED, effective_pods, model_errors, trainer_errors
 from udon_core.errors import UdonUserError
@@ -57,13 +58,6 @@ def _template_schema_errors(template: dict, versions: Sequence[str], where: str)
     return _schema_errors(doc, versions, where)[0]
 
 
-def _torchrun_flag(args: list[str], flag: str) -> str | None:
-    for arg in args:
-        if isinstance(arg, str) and arg.startswith(f"--{flag}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def _torchrun_errors(container: dict, gpu_resource: str, nnodes: int, where: str) -> list[str]:
     """The torchrun flags must agree with the pod: processes = GPUs, nodes = replicas."""
     if container.get("command") != ["torchrun"]:
@@ -71,11 +65,11 @@ def _torchrun_errors(container: dict, gpu_resource: str, nnodes: int, where: str
     args = container.get("args") or []
     errors = []
     gpus = ((container.get("resources") or {}).get("limits") or {}).get(gpu_resource)
-    nproc = _torchrun_flag(args, "nproc-per-node")
+    nproc = torchrun_flag(args, "nproc-per-node")
     if gpus is None or nproc != str(gpus):
         errors.append(f"{where}: torchrun --nproc-per-node={nproc} but the {gpu_resource} limit is {gpus}")
-    if _torchrun_flag(args, "nnodes") != str(nnodes):
-        errors.append(f"{where}: torchrun --nnodes={_torchrun_flag(args, 'nnodes')} but the run has {nnodes} pods")
+    if torchrun_flag(args, "nnodes") != str(nnodes):
+        errors.append(f"{where}: torchrun --nnodes={torchrun_flag(args, 'nnodes')} but the run has {nnodes} pods")
     return errors
 
 
@@ -119,10 +113,13 @@ def _pytorchjob_errors(obj: dict, versions: Sequence[str], where: str, gpu_resou
     return errors
 
 
-def _pod_errors(where: str, template: Mapping[str, Any], versions: Sequence[str], schema: bool) -> list[str]:
+def _pod_security(template: Mapping[str, Any], versions: Sequence[str]) -> list[str]:
     spec = template.get("spec") if isinstance(template.get("spec"), dict) else {}
-    errors = [f"{where}: pod security: {v}"
-              for v in violations(template.get("metadata"), spec, versions)]
+    return violations(template.get("metadata"), spec, versions)
+
+
+def _pod_errors(where: str, template: Mapping[str, Any], versions: Sequence[str], schema: bool) -> list[str]:
+    errors = [f"{where}: pod security: {v}" for v in _pod_security(template, versions)]
     return errors + (_template_schema_errors(dict(template), versions, where) if schema else [])
 
 
@@ -187,17 +184,15 @@ def _object_errors(name: str, obj: dict, runtimes: Mapping[str, dict], versions:
         for container in ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []:
             errors += _torchrun_errors(container, gpu_resource, 1, where)
     for template in templates:
-        found = _pod_errors(f"{where} {template.where}", {"metadata": template.metadata, "spec": template.spec},
-                            versions, schema=not known)
+        pod, at = {"metadata": template.metadata, "spec": template.spec}, f"{where} {template.where}"
         if kind in RUNTIME_KINDS:  # why: a runtime makes no pods; its TrainJobs' pods are checked with their patches
-            security = [e for e in found if ": pod security: " in e]
-            errors += [e for e in found if e not in security]
+            errors += _template_schema_errors(pod, versions, at) if not known else []
+            security = _pod_security(pod, versions)
             if security:
-                summary.notes.append(f"{where} {template.where}: meets restricted only with a TrainJob's runtime "
-                                     f"patches ({len(security)} findings without, e.g. "
-                                     f"{security[0].split(': pod security: ', 1)[1]})")
+                summary.notes.append(f"{at}: meets restricted only with a TrainJob's runtime patches "
+                                     f"({len(security)} findings without, e.g. {security[0]})")
         else:
-            errors += found
+            errors += _pod_errors(at, pod, versions, schema=not known)
     return errors
 
 

@@ -74,8 +74,8 @@ def test_every_rendered_manifest_validates_strictly_for_two_versions(shape, requ
     manifests = request.getfixturevalue(shape)
     kinds = sorted(m["kind"] for m in manifests.values())
     workload = "Job" if shape == "single" else "PyTorchJob"
-    assert kinds == sorted(["Namespace", "ServiceAccount", "ServiceAccount", "Role", "RoleBinding",
-                            "PersistentVolumeClaim", "ConfigMap", workload])
+    assert kinds == sorted(["Namespace", "ServiceAccount", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                            "ClusterRoleBinding", "PersistentVolumeClaim", "ConfigMap", workload])
     validate_manifests(manifests, VERSIONS)
     for name, obj in manifests.items():  # the same check spelled out for the built-in kinds
         if obj["kind"] != "PyTorchJob":
@@ -176,6 +176,17 @@ def test_rbac_is_namespaced_and_training_pods_get_no_api_rights(single):
     trainer = next(s for s in by_kind["ServiceAccount"] if s["metadata"]["name"] == CFG.service_account)
     assert trainer["automountServiceAccountToken"] is False
     assert CFG.service_account not in {s["name"] for s in binding["subjects"]}
+    assert verbs[("trainer.kubeflow.org", "trainjobs")] == ["create", "get", "list", "watch", "delete"]  # no patch
+    # the one cluster-wide right: reading the ClusterTrainingRuntime that submit checks pods against (no Role can)
+    (cluster_role,) = by_kind["ClusterRole"]
+    assert cluster_role["rules"] == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"],
+                                      "verbs": ["get"]}]
+    assert "namespace" not in cluster_role["metadata"]
+    (cluster_binding,) = by_kind["ClusterRoleBinding"]
+    assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                          "name": "udon-udon-launcher-runtimes"}
+    assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": CFG.launcher_service_account,
+                                            "namespace": CFG.namespace}]
 
 
 def test_broken_pytorchjob_is_reported_field_by_field(multi):
@@ -195,6 +206,23 @@ def test_broken_pytorchjob_is_reported_field_by_field(multi):
     assert "needs a container named 'pytorch'" in text
     assert "spec.runPolicy is required" in text
     assert "--nproc-per-node=8 but the nvidia.com/gpu limit is 4" in text
+
+
+@pytest.mark.parametrize("shape", ["single", "multi"])
+def test_torchrun_flags_written_with_a_space_are_read_too(shape, request):
+    import copy
+
+    manifests = copy.deepcopy(request.getfixturevalue(shape))
+    containers = [c for spec in _pod_specs(_workload(manifests)) for c in spec["containers"]]
+    nodes = "1" if shape == "single" else "3"
+    for container in containers:  # "--nnodes=3" -> "--nnodes", "3": the same command to torchrun
+        container["args"] = [part for arg in container["args"] for part in arg.split("=", 1)]
+        assert container["args"][container["args"].index("--nnodes") + 1] == nodes
+    validate_manifests(manifests, VERSIONS)
+    for container in containers:
+        container["args"][container["args"].index("--nnodes") + 1] = "4"
+    with pytest.raises(ManifestError, match="torchrun --nnodes=4 but the run has"):
+        validate_manifests(manifests, VERSIONS)
 
 
 def test_broken_builtin_manifest_names_version_and_path(single):
@@ -388,7 +416,7 @@ def test_cli_renders_validates_and_replaces_a_stale_render(tmp_path):
 
     (out / "mine.yaml").unlink()
     result = CliRunner().invoke(k8s, ["validate", str(out)])
-    assert result.exit_code == 0 and "8 manifests" in result.output
+    assert result.exit_code == 0 and "10 manifests" in result.output
 
 
 def test_cli_errors_are_one_sentence(tmp_path):

@@ -65,4 +65,33 @@ def test_baseline_level_leaves_out_the_restricted_rules():
     del spec["containers"][0]["securityContext"]  # restricted: escalation, capabilities; baseline: fine
     assert violations(None, spec, level="baseline") == []
     assert len(violations(None, spec)) == 2
-    assert violations(pod(spec)["metadata"], spec) == violations(None, spec)
+    # the metadata is read: an AppArmor annotation that unconfines the container is a third finding
+    unconfined = pod(spec, {"container.apparmor.security.beta.kubernetes.io/main": "unconfined"})["metadata"]
+    assert violations(unconfined, spec) == [
+        "baseline AppArmor: metadata.annotations[container.apparmor.security.beta.kubernetes.io/main]: "
+        "'unconfined' is not allowed (unset or 'runtime/default' or 'localhost/*')", *violations(None, spec)]
+    confined = pod(spec, {"container.apparmor.security.beta.kubernetes.io/main": "localhost/udon"})["metadata"]
+    assert violations(confined, spec) == violations(None, spec)
+
+
+@pytest.mark.parametrize(("sysctl", "rejected_on"), [
+    # Pod Security admission's allowed sets (policy/check_sysctls.go): V1Dot0, V1Dot27, V1Dot29, V1Dot32, V1Dot37
+    ("kernel.shm_rmid_forced", []),
+    ("net.ipv4.ip_local_reserved_ports", ["1.26"]),
+    ("net.ipv4.tcp_keepalive_probes", ["1.26", "1.28"]),
+    ("net.ipv4.tcp_rmem", ["1.26", "1.28", "1.31"]),
+    ("net.ipv4.tcp_wmem", ["1.26", "1.28", "1.31"]),
+    ("net.ipv4.tcp_slow_start_after_idle", ["1.26", "1.28", "1.31", "1.32", "1.36"]),
+    ("net.ipv4.tcp_notsent_lowat", ["1.26", "1.28", "1.31", "1.32", "1.36"]),
+    ("net.core.somaxconn", ["1.26", "1.28", "1.31", "1.32", "1.36", "1.37"]),
+])
+def test_each_safe_sysctl_is_allowed_from_the_version_that_added_it(sysctl, rejected_on):
+    versions = ("1.26", "1.28", "1.31", "1.32", "1.36", "1.37")
+    spec = safe_pod_spec()
+    spec["securityContext"]["sysctls"] = [{"name": sysctl, "value": "1"}]
+    for version in versions:
+        lines = violations(None, spec, (version,))
+        assert bool(lines) == (version in rejected_on), (sysctl, version, lines)
+        if lines:
+            (line,) = lines
+            assert line.startswith(f"baseline Sysctls: spec.securityContext.sysctls[{sysctl}].name: ")

@@ -16,7 +16,6 @@ from uuid import UUID, uuid4
 import pytest
 import yaml
 from click.testing import CliRunner
-from kubeflow_trainer_api import models as tm
 from kubernetes.client import ApiException
 
 from pipelines.cli.k8s import k8s
@@ -33,7 +32,7 @@ from pipelines.cluster import submit as submit_mod
 from pipelines.cluster.submit import ClusterAccessError, TrainJobFailed, TrainJobUnavailable, submit_trainjob
 from pipelines.cluster.trainjob import NODE, TORCH_DISTRIBUTED, TrainJobSettings, effective_pods
 from udon_core.errors import InvalidValueError
-from udon_core.training.distributed import torch_env
+from udon_core.torchrun_env import torch_env
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.30.0", "1.37.0")
@@ -160,13 +159,13 @@ def test_cli_writes_one_file_that_validate_reads_back(tmp_path):
     result = CliRunner().invoke(k8s, args)
     assert result.exit_code == 0, result.output
     docs = list(yaml.safe_load_all(out.read_text()))
-    assert [d["kind"] for d in docs][-1] == "TrainJob" and len(docs) == 8
+    assert [d["kind"] for d in docs][-1] == "TrainJob" and len(docs) == 10
     assert docs[-1]["metadata"]["labels"]["udon-pipeline/data-version"] == "5f1c.dir"
     assert docs[-1]["metadata"]["labels"]["udon-pipeline/zenml-run"] == "training_pipeline-2026_12_03"
     role = next(d for d in docs if d["kind"] == "Role")
     assert any("trainjobs" in r["resources"] for r in role["rules"])
     result = CliRunner().invoke(k8s, ["validate", str(out.parent)])
-    assert result.exit_code == 0 and "8 manifests" in result.output, result.output
+    assert result.exit_code == 0 and "10 manifests" in result.output, result.output
     (tmp_path / "mine.yaml").write_text("kept: true\n")
     refused = CliRunner().invoke(k8s, [*args[:-6], "--trainjob", str(tmp_path / "mine.yaml")])
     assert refused.exit_code == 2 and "not written by `udon k8s render`" in refused.output
@@ -246,8 +245,10 @@ class FakeCluster:
     """The CustomObjectsApi and CoreV1Api of a cluster with (or without) Kubeflow Trainer; calls are recorded."""
 
     def __init__(self, *, crd: bool = True, runtime: dict | None = TORCH_DISTRIBUTED, prune=None,
-                 conditions: list[list[dict]] | None = None, log: str = "step 50: loss 0.1"):
+                 conditions: list[list[dict]] | None = None, log: str = "step 50: loss 0.1",
+                 read_errors: list[Exception] | None = None):
         self.crd, self.runtime, self.prune = crd, runtime, prune  # prune: what an older CRD drops
+        self.read_errors = list(read_errors or [])  # raised, in order, by the next reads of the TrainJob
         self.conditions = conditions if conditions is not None else [[], [{"type": "Complete", "status": "True"}]]
         self.trainjobs: dict[str, dict] = {}
         self.config_maps: dict[str, dict] = {}
@@ -278,6 +279,8 @@ class FakeCluster:
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.calls.append(f"get {plural}/{name}")
+        if self.read_errors:
+            raise self.read_errors.pop(0)
         job = copy.deepcopy(self.trainjobs[name])
         job["status"] = {"conditions": self.conditions.pop(0) if len(self.conditions) > 1 else self.conditions[0]}
         return job
@@ -339,6 +342,50 @@ def test_a_failed_trainjob_says_why_with_node_zeros_last_lines(two_by_eight):
     assert "log udon-train-node-0-0-abcde/node" in cluster.calls
 
 
+def test_the_trainjob_carries_a_deadline_and_the_watch_ends_after_it(two_by_eight):
+    job = _trainjob(two_by_eight)
+    assert job["spec"]["activeDeadlineSeconds"] == 72 * 3600  # Trainer fails it (DeadlineExceeded) after that
+    assert submit_mod.watch_timeout(job) == 72 * 3600 + 300
+    assert submit_mod.watch_timeout({"spec": {}}) == 72 * 3600 + 300  # no deadline: still bounded
+    assert submit_mod.watch_timeout({"spec": {"activeDeadlineSeconds": 600}}) == 900
+    # suspended in a queue (no deadline counts down): the watch gives up and says what it last saw
+    cluster = FakeCluster(conditions=[[{"type": "Suspended", "status": "True"}]])
+    cluster.trainjobs["udon-train"] = job
+    now = [0.0]
+    with pytest.raises(TrainJobFailed) as err:
+        submit_mod.watch_trainjob(cluster, cluster, "udon", "udon-train", poll_seconds=60, timeout_seconds=900,
+                                  echo=lambda line: None, sleep=lambda s: now.__setitem__(0, now[0] + s),
+                                  clock=lambda: now[0])
+    assert str(err.value) == ("TrainJob udon-train did not finish within 900 s (last status: Suspended=True; the "
+                              "cluster ends it at its activeDeadlineSeconds): kubectl -n udon describe trainjob "
+                              "udon-train")
+    assert cluster.calls.count("get trainjobs/udon-train") == 17  # t = 0, 60, ..., 960
+
+
+def test_the_watch_rides_out_transient_errors_and_names_the_lasting_ones(two_by_eight):
+    from urllib3.exceptions import ProtocolError
+
+    waits: list[float] = []
+    blips = [ApiException(status=503, reason="Service Unavailable"), ProtocolError("Connection aborted."),
+             ApiException(status=429, reason="Too Many Requests")]
+    cluster = FakeCluster(read_errors=blips)
+    cluster.trainjobs["udon-train"] = _trainjob(two_by_eight)
+    outcome = submit_mod.watch_trainjob(cluster, cluster, "udon", "udon-train", timeout_seconds=3600,
+                                        echo=lambda line: None, sleep=waits.append)
+    assert outcome.status == "Complete" and waits == [5, 10, 20, 10]  # three retries, then one poll
+    down = FakeCluster(read_errors=[ApiException(status=502, reason="Bad Gateway")] * 7)
+    down.trainjobs["udon-train"] = _trainjob(two_by_eight)
+    with pytest.raises(ClusterAccessError, match=r"^cannot read TrainJob udon-train \(7 tries over 315 s\): Bad "
+                                                 r"Gateway \(it may still run: kubectl -n udon get trainjob"):
+        submit_mod.watch_trainjob(down, down, "udon", "udon-train", timeout_seconds=3600, echo=lambda line: None,
+                                  sleep=lambda s: None)
+    refused = FakeCluster(read_errors=[ApiException(status=403, reason="Forbidden")])
+    refused.trainjobs["udon-train"] = _trainjob(two_by_eight)
+    with pytest.raises(ClusterAccessError, match=r"^cannot read TrainJob udon-train: Forbidden"):
+        submit_mod.watch_trainjob(refused, refused, "udon", "udon-train", timeout_seconds=3600,
+                                  echo=lambda line: None, sleep=lambda s: pytest.fail("a 403 is not retried"))
+
+
 def test_no_trainjob_crd_no_runtime_or_an_old_trainer_is_one_sentence(two_by_eight, monkeypatch, tmp_path):
     with pytest.raises(TrainJobUnavailable, match=r"^the cluster has no TrainJob CRD \(trainer.kubeflow.org/v1alpha1\)"):
         _submit(two_by_eight, FakeCluster(crd=False))
@@ -378,13 +425,16 @@ def test_the_clusters_runtime_is_checked_before_anything_is_created(two_by_eight
 # --- the udon_trainjob step operator -----------------------------------------------------------------------------
 
 
+BUILT_IMAGE = "registry.example.com/udon/zenml:training_pipeline-udon_trainjob_step_operator"
+
+
 def _step_info(settings_key: str, settings) -> SimpleNamespace:
     data = SimpleNamespace(config=SimpleNamespace(parameters={"config": {"pinned_md5": "5f1c9a.dir"}}))
     return SimpleNamespace(
         run_id=UUID("0f3e2a11-2222-4333-8444-555566667777"), run_name="training_pipeline-2026_12_03-10_00_00_000000",
         step_run_id=UUID("11111111-2222-4333-8444-555566667777"), pipeline=SimpleNamespace(name="training_pipeline"),
         pipeline_step_name="model_trainer", pipeline_configuration=SimpleNamespace(settings={settings_key: settings}),
-        snapshot=SimpleNamespace(step_configurations={"data_ingester": data}), get_image=lambda key: "unused:1",
+        snapshot=SimpleNamespace(step_configurations={"data_ingester": data}), get_image=lambda key: BUILT_IMAGE,
         force_write_logs=lambda: None)
 
 
@@ -425,7 +475,8 @@ def test_step_operator_submits_model_trainer_as_a_trainjob_field_by_field(monkey
     assert spec["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime",
                                   "apiGroup": "trainer.kubeflow.org"}
     trainer = spec["trainer"]
-    assert trainer["image"] == cfg.image and trainer["command"] == ["torchrun"]
+    # the image ZenML built for the step (the pipeline's code on cfg.image), not the parent image
+    assert trainer["image"] == BUILT_IMAGE and trainer["command"] == ["torchrun"]
     assert trainer["args"] == ["-m", "zenml.entrypoints.entrypoint", *entrypoint[3:]]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 8)
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "64", "memory": "512Gi"},
@@ -439,8 +490,13 @@ def test_step_operator_submits_model_trainer_as_a_trainjob_field_by_field(monkey
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.count": "8"}
     assert {v["name"] for v in pod["spec"]["volumes"]} == {"dshm", "data"}  # no config map: ZenML passes the config
     assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
-    assert tm.TrainerV1alpha1TrainJob.from_dict(job).to_dict() == job
-    validate_manifests({"step": job}, VERSIONS)
+    validate_manifests({"step": job}, VERSIONS)  # the API model keeps every field (model_errors' round trip)
+    # an image the user sets for the step replaces ZenML's build
+    cluster = FakeCluster()
+    mine = trainer_step["settings"]["step_operator"].model_copy(update={"image": "registry.example.com/udon/mine:2"})
+    operator.launch(_step_info("step_operator:udon-trainjob", mine), entrypoint, {})
+    (job,) = cluster.trainjobs.values()
+    assert job["spec"]["trainer"]["image"] == "registry.example.com/udon/mine:2"
 
 
 def test_followers_train_the_steps_model_with_the_steps_inputs_and_publish_nothing(monkeypatch):

@@ -10,13 +10,12 @@ Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here is a
 Kubeflow Trainer's torch runtime described the job: it sets ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
 ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT`` on every node for ``torchrun`` (which reads
 ``PET_<FLAG>`` as each flag's default); a process started without torchrun on a one-process-per-node TrainJob
-joins the same group from them (``torch_env``).
+joins the same group from them (``udon_core.torchrun_env.torch_env``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from udon_core.errors import InvalidValueError
+from udon_core.torchrun_env import torch_env
 
 
 @dataclass(frozen=True)
@@ -61,31 +61,6 @@ def _env_int(name: str, default: int) -> int:
         raise InvalidValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from err
 
 
-PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
-
-
-def torch_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The ``torchrun`` variables (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) that a Kubeflow
-    Trainer node's ``PET_*`` variables stand for, when no launcher set them; empty when they are set or absent.
-
-    Only one process per node can be started this way (the process is the node); more need torchrun.
-    """
-    if "WORLD_SIZE" in environ or "PET_NNODES" not in environ:
-        return {}
-    missing = [k for k in PET_ENV if k != "PET_NPROC_PER_NODE" and not environ.get(k)]
-    if missing:
-        raise InvalidValueError(f"PET_NNODES is set but {', '.join(missing)} not: the Kubeflow Trainer torch "
-                                "runtime sets all of them")
-    nodes, per_node = environ["PET_NNODES"], environ.get("PET_NPROC_PER_NODE", "1")
-    if per_node != "1":
-        raise InvalidValueError(f"PET_NPROC_PER_NODE={per_node}: start the trainer with torchrun, which starts "
-                                "that many processes per node (one process per node needs no launcher)")
-    if not nodes.isdigit():
-        raise InvalidValueError(f"PET_NNODES={nodes!r}: a fixed number of nodes is needed (no elastic range)")
-    return {"WORLD_SIZE": nodes, "RANK": environ["PET_NODE_RANK"], "LOCAL_RANK": "0",
-            "MASTER_ADDR": environ["PET_MASTER_ADDR"], "MASTER_PORT": environ["PET_MASTER_PORT"]}
-
-
 def init_distributed(device: torch.device, timeout_minutes: int = 60) -> DistContext:
     """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...), or
     that Kubeflow Trainer's ``PET_*`` variables describe for one process per node (``torch_env``).
@@ -95,7 +70,9 @@ def init_distributed(device: torch.device, timeout_minutes: int = 60) -> DistCon
     """
     if dist.is_available() and dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
-    os.environ.update(torch_env(os.environ))  # env:// rendezvous below reads MASTER_ADDR / MASTER_PORT from here
+    # env:// rendezvous below reads MASTER_ADDR / MASTER_PORT from here; a no-op when `python -m udon_core.train`
+    # already did it (WORLD_SIZE set), which that entry point does first so its log lines name the rank
+    os.environ.update(torch_env(os.environ))
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistContext()
