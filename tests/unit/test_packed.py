@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -41,8 +42,9 @@ from udon_core.data import (
 )
 from udon_core.data.uned_like import UnedLikeConfig, write_uned_like_benchmark
 from udon_core.errors import ImageFileError
+from udon_core.evaluation import embed_benchmark
 from udon_core.model import UdonModel
-from udon_core.training import SamplerConfig, TrainConfig, train
+from udon_core.training import SamplerConfig, TrainConfig, TrainingJobConfig, build_model, run_training, train
 
 ONE = PackConfig(workers=1)
 
@@ -210,6 +212,36 @@ def test_training_on_packed_data_matches_loose_and_resumes_bit_identically(tmp_p
     a, b, c = straight.model.state_dict(), resumed.model.state_dict(), from_loose.model.state_dict()
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
     assert resumed.last_metrics == straight.last_metrics == from_loose.last_metrics
+
+
+@pytest.fixture()
+def index_reads(monkeypatch):
+    """The roots of every packed index read (a Parquet read of the whole index: 4.1M rows at UnED size)."""
+    module = importlib.import_module("udon_core.data.image_source")  # the package exports a function of that name
+    reads = []
+
+    class Counted(module.PackedIndex):
+        def __init__(self, root):
+            reads.append(root)
+            super().__init__(root)
+
+    monkeypatch.setattr(module, "PackedIndex", Counted)
+    return reads
+
+
+def test_training_validation_and_evaluation_read_the_packed_index_once(tmp_path, index_reads):
+    pack_benchmark(write_tiny_benchmark(tmp_path / "loose"), tmp_path / "packed", ONE, progress=False)
+    manifest, _ = _bench(tmp_path / "packed")
+    config = TrainingJobConfig(model=TINY_MODEL, train=TrainConfig(steps=4, batch_size=4, frozen_steps=1,
+                                                                   device="cpu"), validate_every=2)
+    result = run_training(build_model(config, manifest, SPEC), config, tmp_path / "packed", manifest, SPEC,
+                          checkpoint_dir=None, progress=False)
+    assert result.best_step is not None  # it validated (at steps 2 and 4), each time over both domains' val files
+    assert len(index_reads) == 1  # the streams and every validation share one source
+    index_reads.clear()
+    embed_benchmark(result.model.embedding_model(), tmp_path / "packed", manifest, SPEC, splits=("val",),
+                    progress=False)
+    assert len(index_reads) == 1  # one read for the two info files, not one per file
 
 
 def test_a_packed_dataset_reads_in_worker_processes(tmp_path):
