@@ -244,6 +244,13 @@ def test_training_validation_and_evaluation_read_the_packed_index_once(tmp_path,
     assert len(index_reads) == 1  # one read for the two info files, not one per file
 
 
+def test_validation_reads_the_packed_index_once(byob, index_reads):
+    from integrations.expectations import ValidationConfig, validate_folder
+
+    report = validate_folder(byob[1], config=ValidationConfig(image_sample=8))
+    assert report.rows == 65 and len(index_reads) == 1  # the containment columns and the image check share it
+
+
 def test_a_packed_dataset_reads_in_worker_processes(tmp_path):
     loose = write_tiny_benchmark(tmp_path / "loose")
     pack_benchmark(loose, tmp_path / "packed", ONE, progress=False)
