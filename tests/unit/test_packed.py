@@ -161,7 +161,7 @@ def test_draft_decoding_never_goes_below_what_the_transform_needs(photos, tmp_pa
     assert open_rgb(png, draft=64)[0].size == full.size  # only JPEGs have DCT scaling
 
 
-def test_uint8_batches_normalised_on_the_device_equal_the_old_float_transform(photos):
+def test_uint8_batches_normalised_on_the_device_equal_the_old_float_transform(photos, monkeypatch):
     src, _ = photos
     p = Preprocess(image_size=32)
     old = T.Compose([train_transform(p), T.ToDtype(torch.float32, scale=True), T.Normalize(p.mean, p.std)])
@@ -173,6 +173,10 @@ def test_uint8_batches_normalised_on_the_device_equal_the_old_float_transform(ph
     assert batch.dtype == torch.uint8 and batch.shape == (6, 3, 32, 32)
     assert torch.equal(normalize(batch, p), expected)
     assert eval_transform(p)(images[0]).dtype == torch.uint8
+    made, tensor = [], torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **kw: made.append(a) or tensor(*a, **kw))
+    # the mean and std are made once per device, not per batch (on CUDA each is a synchronous copy)
+    assert torch.equal(normalize(batch, p), expected) and not made
 
 
 def _bench(root):
