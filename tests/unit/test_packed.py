@@ -40,9 +40,10 @@ from udon_core.data import (
     train_transform,
     tree_digest,
 )
+from udon_core.data.containment import DataRoot
 from udon_core.data.shards import read_record
 from udon_core.data.uned_like import UnedLikeConfig, write_uned_like_benchmark
-from udon_core.errors import ImageFileError
+from udon_core.errors import ImageFileError, InvalidValueError
 from udon_core.evaluation import embed_benchmark
 from udon_core.model import UdonModel
 from udon_core.training import SamplerConfig, TrainConfig, TrainingJobConfig, build_model, run_training, train
@@ -357,6 +358,30 @@ def test_bad_images_are_stored_as_they_are_and_reported_by_file_and_row(tmp_path
                      for root in (src, tmp_path / "packed"))
     pd.testing.assert_frame_equal(loose, packed, check_dtype=False)
     assert not loose.set_index(manifest["path"]).loc["art/train/link.png", "inside_root"]
+
+
+def test_packing_refuses_an_info_file_or_description_linked_out_of_the_folder(tmp_path, monkeypatch):
+    """As reading the benchmark does: a file from outside would be sealed into the packed copy's data version."""
+    src, outside = write_benchmark(tmp_path / "src"), tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("benchmark.json", "info_files/art/val.json"):  # each alone: the other is back in place
+        linked = src / name
+        shutil.move(linked, outside / linked.name)
+        linked.symlink_to(outside / linked.name)
+        with pytest.raises(InvalidValueError, match=rf"^{re.escape(str(linked))}: not packed: it leaves the data "
+                                                    rf"root: it resolves to {re.escape(str(outside))}"):
+            pack_benchmark(src, tmp_path / "out", ONE, progress=False)
+        assert not (tmp_path / "out").exists()
+        if name == "benchmark.json":
+            linked.unlink()
+            shutil.move(outside / linked.name, linked)
+    # into a link root (the DVC cache of a symlinked workspace) it is the benchmark's own file
+    module, roots = importlib.import_module("udon_core.data.pack"), []
+    monkeypatch.setattr(module, "DataRoot", lambda *a: roots.append(a) or DataRoot(*a))
+    result = pack_benchmark(src, tmp_path / "out", ONE, link_roots=[outside], progress=False)
+    assert len(roots) == 1  # the folder and its link roots are resolved once, not once per image
+    assert result.records == 65 and (tmp_path / "out/info_files/art/val.json").read_bytes() == (
+        outside / "val.json").read_bytes() and not (tmp_path / "out/info_files/art/val.json").is_symlink()
 
 
 def test_udon_data_pack_prints_progress_and_problems_and_refuses_to_overwrite(byob, tmp_path):
