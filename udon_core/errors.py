@@ -7,6 +7,8 @@ RuntimeError...), so callers that catch those keep working.
 
 from __future__ import annotations
 
+import json
+
 
 class UdonUserError(Exception):
     """An error whose message tells the user what to fix (it names the file, row or field)."""
@@ -57,3 +59,16 @@ class OutputExistsError(UdonUserError, FileExistsError):
 
 class NonFiniteLossError(UdonUserError, FloatingPointError):
     """Training produced a NaN or infinite loss; the message names the step, the domain and the terms."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as a message quotes what a file held: JSON's spelling (``"3"``, ``true``, ``null``,
+    ``[1, "a"]``; non-ASCII escaped, so any terminal prints it), else ``repr``; past ``limit`` characters its
+    start and end, with its full length."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 20]}...{text[-12:]} ({len(value) if isinstance(value, str) else len(text)} characters)"
