@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import zlib
@@ -50,6 +49,7 @@ from udon_core.data.shards import (
 )
 from udon_core.data.transforms import open_rgb
 from udon_core.data.uned import IMAGES_DIR, INFO_DIR, ImageRecord, check_info_file
+from udon_core.device import usable_cores
 from udon_core.errors import ImageFileError, InvalidValueError, MissingFileError, OutputExistsError, UdonUserError
 from udon_core.progress import progress as show_progress
 
@@ -66,7 +66,7 @@ class PackConfig(BaseModel):
         "the original bytes. Choose it >= the train resize (256 for UDON's 224 px crops)")
     quality: int = Field(default=90, ge=1, le=100, description="JPEG quality of re-encoded JPEG sources")
     shard_bytes: int = Field(default=256 * 2**20, ge=2**16, description="largest shard file, in bytes")
-    workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, description="processes "
+    workers: int = Field(default_factory=usable_cores, ge=1, description="processes "
                          "that read and encode images (1: in this process); default: the cores this process may use")
 
 
