@@ -41,6 +41,7 @@ from udon_core.data import (
     tree_digest,
 )
 from udon_core.data.containment import DataRoot
+from udon_core.data.image_source import LooseImages, PackedImages
 from udon_core.data.shards import read_record
 from udon_core.data.uned_like import UnedLikeConfig, write_uned_like_benchmark
 from udon_core.errors import ImageFileError, InvalidValueError
@@ -114,7 +115,7 @@ def test_kept_bytes_decode_exactly_as_the_loose_files(byob):
     manifest = read_manifest(packed, spec)
     paths = list(manifest["path"])
     loose, stored = image_source(src).reader(paths), image_source(packed).reader(paths)
-    assert image_source(packed).layout == "packed" and image_source(src).layout == "loose"
+    assert isinstance(image_source(packed), PackedImages) and isinstance(image_source(src), LooseImages)
     for i in range(len(paths)):
         a, b = loose.open(i), stored.open(i)
         assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))  # the file's mode too (I;16, CMYK)

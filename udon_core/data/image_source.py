@@ -156,8 +156,6 @@ class PackedReader(RecordReader):
 class ImageSource(ABC):
     """A benchmark's images, whatever their layout."""
 
-    layout: str
-
     @abstractmethod
     def reader(self, paths: Sequence[str]) -> RecordReader:
         """A reader over ``paths`` (relative to ``images/``), by position."""
@@ -176,8 +174,6 @@ class ImageSource(ABC):
 
 class LooseImages(ImageSource):
     """Image files under a folder (a benchmark's ``images/``, or any folder of images)."""
-
-    layout = "loose"
 
     def __init__(self, images_dir: Path) -> None:
         self.images_dir = Path(images_dir)
@@ -201,8 +197,6 @@ class LooseImages(ImageSource):
 
 class PackedImages(ImageSource):
     """The records of a packed benchmark (``udon_core.data.shards``); the index is read once."""
-
-    layout = "packed"
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
