@@ -101,9 +101,12 @@ class PackedReader(RecordReader):
         super().__init__(paths)
         self.root, self.shards = Path(root), shards
         self.shard_id, self.offset, self.length = where["shard_id"], where["offset"], where["length"]
-        self.crc, self.stored, self.found = where["crc32"], where["stored"], where["found"]
+        self.crc, self.found = where["crc32"], where["found"]
+        # why numbers, not the index's strings: an array of Python strings is copied into every forked
+        # DataLoader worker as it reads them (reference counts); at UnED size that is 4.1M objects per worker.
+        self.missing, self.outside = where["stored"] == MISSING, where["stored"] == OUTSIDE
         self.size = np.stack([where["width"], where["height"]], axis=1)
-        self.mode = where["mode"]
+        self.mode_code, self.modes = pd.factorize(pd.Series(where["mode"], dtype=object))  # None: code -1
         self._fds: dict[int, int] = {}
 
     def __getstate__(self) -> dict:
@@ -121,15 +124,15 @@ class PackedReader(RecordReader):
         return self.paths[i] if shard < 0 else f"{self.paths[i]} in {self.root / self.shards[shard]}"
 
     def exists(self, i: int) -> bool:
-        return bool(self.found[i]) and self.stored[i] != MISSING
+        return bool(self.found[i]) and not self.missing[i]
 
     def read(self, i: int) -> bytes:
         """The stored bytes of record ``i`` (the original's with --keep-bytes; a re-encoding is deterministic,
         so byte-identical sources still hash alike); ImageFileError naming the record and the shard."""
         if not self.found[i]:
             raise ImageFileError(self.paths[i], f"not in the packed index {self.root / 'packed/index.parquet'}")
-        if self.stored[i] in (MISSING, OUTSIDE):
-            why = "was missing" if self.stored[i] == MISSING else "resolved outside images/"
+        if self.missing[i] or self.outside[i]:
+            why = "was missing" if self.missing[i] else "resolved outside images/"
             raise ImageFileError(self.paths[i], f"not packed: the file {why} when the benchmark was packed")
         shard = int(self.shard_id[i])
         path = self.root / self.shards[shard]
@@ -150,7 +153,8 @@ class PackedReader(RecordReader):
         return self.decode(i, self.read(i), draft)
 
     def original(self, i: int) -> tuple[int, int, str | None] | None:
-        return int(self.size[i, 0]), int(self.size[i, 1]), self.mode[i]
+        code = int(self.mode_code[i])
+        return int(self.size[i, 0]), int(self.size[i, 1]), str(self.modes[code]) if code >= 0 else None
 
 
 class ImageSource(ABC):
