@@ -61,14 +61,20 @@ class NonFiniteLossError(UdonUserError, FloatingPointError):
     """Training produced a NaN or infinite loss; the message names the step, the domain and the terms."""
 
 
-def shown(value: object, limit: int = 60) -> str:
-    """``value`` as a message quotes what a file held: JSON's spelling (``"3"``, ``true``, ``null``,
-    ``[1, "a"]``; non-ASCII escaped, so any terminal prints it), else ``repr``; past ``limit`` characters its
-    start and end, with its full length."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
+def shown(value: object, limit: int = 60, json_spelling: bool = False) -> str:
+    """``value`` quoted in a message: ``repr``, or with ``json_spelling`` as a JSON file spells it (``"3"``,
+    ``true``, ``null``; non-ASCII escaped, so any terminal prints it); past ``limit`` characters its start and
+    end, with its full length.
+
+    why repr by default: messages that validation reports quote again with repr (info-file problems) keep one
+    kind of quote; a benchmark description's own messages, printed as they are, use JSON's spelling.
+    """
+    text = repr(value)
+    if json_spelling:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError):
+            pass
     if len(text) <= limit:
         return text
     return f"{text[:limit - 20]}...{text[-12:]} ({len(value) if isinstance(value, str) else len(text)} characters)"
