@@ -361,15 +361,16 @@ def validate_benchmark(data: BenchmarkData, config: ValidationConfig | None = No
     reader's findings and the image files; one report. ``link_roots``: where files may link to (the DVC
     cache). The pipeline's validate step and ``udon data validate`` both run exactly this."""
     config = config or ValidationConfig()
-    frame = annotate_manifest(data.manifest, data.spec, data.root, data.classes, link_roots)
+    images = image_source(data.root)  # one for both checks: a packed one reads its whole index
+    frame = annotate_manifest(data.manifest, data.spec, images, data.classes, link_roots)
     reports = [run_suite(frame, manifest_suite(data.spec, data.classes, config.check_files, config,
                                                data.classes_source))]
     if config.severity_of("info_file_format") != "off":
         reports.append(info_file_report(data.problems, config.severity_of("info_file_format")))
     if config.check_images:
         # the annotated frame carries the containment verdict: a refused file is not opened
-        images = inspect_images(frame, image_source(data.root), config.image_sample, config.image_seed)
-        reports.append(run_suite(images, image_suite(data.spec, config)))
+        inspected = inspect_images(frame, images, config.image_sample, config.image_seed)
+        reports.append(run_suite(inspected, image_suite(data.spec, config)))
     return ValidationReport.combine(*reports).model_copy(
         update={"data_root": str(data.root), "benchmark": data.spec.name, "rows": len(data.manifest)})
 

@@ -16,6 +16,7 @@ from zenml.types import MarkdownString
 from integrations.mlflow_tracking import log_evaluation
 from steps.data_ingester import DatasetVersion
 from steps.materializers import EmbeddingSetMaterializer
+from udon_core.data import image_source
 from udon_core.evaluation import (
     EmbeddingSet,
     embed_split,
@@ -59,15 +60,15 @@ def model_evaluator(
     ``oracle_teacher_metrics`` is empty when ``config.oracle_teacher`` is off or the method trains no teacher
     heads (the baselines, specialists, unic, udon-offline); it covers the domains the model has heads for.
     """
-    root, spec = dataset.local_root(), dataset.benchmark
+    images, spec = image_source(dataset.local_root()), dataset.benchmark  # located once for the three models
     kw = dict(split=config.split, batch_size=config.batch_size, device=config.device)
-    embeddings = embed_split(model, root, manifest, spec, source="trained", **kw)
+    embeddings = embed_split(model, images, manifest, spec, source="trained", **kw)
     trained = evaluate_embeddings(embeddings.vectors, manifest, spec, split=config.split, protocol=config.protocol)
-    baseline = evaluate_model(untrained, root, manifest, spec, protocol=config.protocol, label="untrained", **kw)
+    baseline = evaluate_model(untrained, images, manifest, spec, protocol=config.protocol, label="untrained", **kw)
     reports = {"untrained (step 0)": baseline, "trained": trained}
     if config.oracle_teacher and train_summary.get("trains_teacher_heads", True):
         own = spec.restrict([d for d in spec.domain_names if d in training_model.domains])
-        reports["oracle teacher"] = evaluate_oracle_teachers(training_model, root, manifest, own, **kw)
+        reports["oracle teacher"] = evaluate_oracle_teachers(training_model, images, manifest, own, **kw)
     with tempfile.TemporaryDirectory() as tmp:
         chart = Image.open(plot_report(reports, Path(tmp) / "metrics.png"))
         chart.load()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from udon_core.errors import CheckpointError
@@ -28,16 +28,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_atomic(path: Path, writer: Callable[[Path], object]) -> None:
+    """``writer(tmp)`` (a sibling temporary name), flushed to disk, then renamed to ``path``: a reader sees
+    the old file or the new one, never a part, and a crash never leaves a renamed file with unwritten data."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    writer(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def write_digest_file(digest_file: Path, files: Sequence[Path]) -> None:
     """Write the SHA-256 of each of ``files`` (all in ``digest_file``'s folder) atomically, flushed to disk."""
-    digest_file = Path(digest_file)
     text = "".join(f"{file_sha256(f)}  {Path(f).name}\n" for f in files)
-    tmp = digest_file.with_name(digest_file.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, digest_file)
+    write_atomic(digest_file, lambda tmp: tmp.write_text(text))
 
 
 def read_digest_file(digest_file: Path, names: Sequence[str]) -> dict[str, str]:

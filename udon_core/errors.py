@@ -7,6 +7,8 @@ RuntimeError...), so callers that catch those keep working.
 
 from __future__ import annotations
 
+import json
+
 
 class UdonUserError(Exception):
     """An error whose message tells the user what to fix (it names the file, row or field)."""
@@ -57,3 +59,22 @@ class OutputExistsError(UdonUserError, FileExistsError):
 
 class NonFiniteLossError(UdonUserError, FloatingPointError):
     """Training produced a NaN or infinite loss; the message names the step, the domain and the terms."""
+
+
+def shown(value: object, limit: int = 60, json_spelling: bool = False) -> str:
+    """``value`` quoted in a message: ``repr``, or with ``json_spelling`` as a JSON file spells it (``"3"``,
+    ``true``, ``null``; non-ASCII escaped, so any terminal prints it); past ``limit`` characters its start and
+    end, with its full length.
+
+    why repr by default: messages that validation reports quote again with repr (info-file problems) keep one
+    kind of quote; a benchmark description's own messages, printed as they are, use JSON's spelling.
+    """
+    text = repr(value)
+    if json_spelling:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError):
+            pass
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 20]}...{text[-12:]} ({len(value) if isinstance(value, str) else len(text)} characters)"

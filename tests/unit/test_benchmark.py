@@ -153,3 +153,13 @@ def test_a_description_linked_out_of_the_folder_is_not_opened(tmp_path):
     assert opened.files == []
     # a link into a link root (DVC's cache.type symlink) is the folder's own file
     assert resolve_benchmark_spec("auto", tmp_path / "data", link_roots=[tmp_path / "outside"]) == DEMO
+
+
+def test_messages_quote_values_and_shorten_long_ones():
+    from udon_core.errors import shown
+
+    assert [shown(v, json_spelling=True) for v in ("3", True, None, [1, "a"], {1})] == [
+        '"3"', "true", "null", '[1, "a"]', "{1}"]
+    assert shown("é", json_spelling=True) == '"\\u00e9"'  # escaped: any terminal prints it
+    assert [shown(v) for v in ("3", True)] == ["'3'", "True"]  # repr: reports quote these messages again
+    assert shown("a" * 100) == "'" + "a" * 39 + "..." + "a" * 11 + "' (100 characters)"

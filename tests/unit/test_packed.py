@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -39,10 +40,14 @@ from udon_core.data import (
     train_transform,
     tree_digest,
 )
+from udon_core.data.containment import DataRoot
+from udon_core.data.image_source import LooseImages, PackedImages
+from udon_core.data.shards import read_record
 from udon_core.data.uned_like import UnedLikeConfig, write_uned_like_benchmark
-from udon_core.errors import ImageFileError
+from udon_core.errors import ImageFileError, InvalidValueError
+from udon_core.evaluation import embed_benchmark
 from udon_core.model import UdonModel
-from udon_core.training import SamplerConfig, TrainConfig, train
+from udon_core.training import SamplerConfig, TrainConfig, TrainingJobConfig, build_model, run_training, train
 
 ONE = PackConfig(workers=1)
 
@@ -110,7 +115,7 @@ def test_kept_bytes_decode_exactly_as_the_loose_files(byob):
     manifest = read_manifest(packed, spec)
     paths = list(manifest["path"])
     loose, stored = image_source(src).reader(paths), image_source(packed).reader(paths)
-    assert image_source(packed).layout == "packed" and image_source(src).layout == "loose"
+    assert isinstance(image_source(packed), PackedImages) and isinstance(image_source(src), LooseImages)
     for i in range(len(paths)):
         a, b = loose.open(i), stored.open(i)
         assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))  # the file's mode too (I;16, CMYK)
@@ -158,7 +163,7 @@ def test_draft_decoding_never_goes_below_what_the_transform_needs(photos, tmp_pa
     assert open_rgb(png, draft=64)[0].size == full.size  # only JPEGs have DCT scaling
 
 
-def test_uint8_batches_normalised_on_the_device_equal_the_old_float_transform(photos):
+def test_uint8_batches_normalised_on_the_device_equal_the_old_float_transform(photos, monkeypatch):
     src, _ = photos
     p = Preprocess(image_size=32)
     old = T.Compose([train_transform(p), T.ToDtype(torch.float32, scale=True), T.Normalize(p.mean, p.std)])
@@ -170,6 +175,10 @@ def test_uint8_batches_normalised_on_the_device_equal_the_old_float_transform(ph
     assert batch.dtype == torch.uint8 and batch.shape == (6, 3, 32, 32)
     assert torch.equal(normalize(batch, p), expected)
     assert eval_transform(p)(images[0]).dtype == torch.uint8
+    made, tensor = [], torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **kw: made.append(a) or tensor(*a, **kw))
+    # the mean and std are made once per device, not per batch (on CUDA each is a synchronous copy)
+    assert torch.equal(normalize(batch, p), expected) and not made
 
 
 def _bench(root):
@@ -198,6 +207,63 @@ def test_training_on_packed_data_matches_loose_and_resumes_bit_identically(tmp_p
     a, b, c = straight.model.state_dict(), resumed.model.state_dict(), from_loose.model.state_dict()
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
     assert resumed.last_metrics == straight.last_metrics == from_loose.last_metrics
+
+
+@pytest.fixture()
+def index_reads(monkeypatch):
+    """The roots of every packed index read (a Parquet read of the whole index: 4.1M rows at UnED size)."""
+    module = importlib.import_module("udon_core.data.image_source")  # the package exports a function of that name
+    reads = []
+
+    class Counted(module.PackedIndex):
+        def __init__(self, root):
+            reads.append(root)
+            super().__init__(root)
+
+    monkeypatch.setattr(module, "PackedIndex", Counted)
+    return reads
+
+
+def test_training_validation_and_evaluation_read_the_packed_index_once(tmp_path, index_reads):
+    pack_benchmark(write_tiny_benchmark(tmp_path / "loose"), tmp_path / "packed", ONE, progress=False)
+    manifest, _ = _bench(tmp_path / "packed")
+    config = TrainingJobConfig(model=TINY_MODEL, train=TrainConfig(steps=4, batch_size=4, frozen_steps=1,
+                                                                   device="cpu"), validate_every=2)
+    result = run_training(build_model(config, manifest, SPEC), config, tmp_path / "packed", manifest, SPEC,
+                          checkpoint_dir=None, progress=False)
+    assert result.best_step is not None  # it validated (at steps 2 and 4), each time over both domains' val files
+    assert len(index_reads) == 1  # the streams and every validation share one source
+    index_reads.clear()
+    embed_benchmark(result.model.embedding_model(), tmp_path / "packed", manifest, SPEC, splits=("val",),
+                    progress=False)
+    assert len(index_reads) == 1  # one read for the two info files, not one per file
+
+
+def test_validation_reads_the_packed_index_once(byob, index_reads):
+    from integrations.expectations import ValidationConfig, validate_folder
+
+    report = validate_folder(byob[1], config=ValidationConfig(image_sample=8))
+    assert report.rows == 65 and len(index_reads) == 1  # the containment columns and the image check share it
+
+
+def test_the_image_check_reads_each_record_once_and_hashes_what_it_decoded(byob, monkeypatch):
+    from udon_core.data.image_checks import inspect_images
+
+    module = importlib.import_module("udon_core.data.image_source")
+    reads = []
+
+    def counted(fd, shard, offset, length, crc):
+        reads.append(offset)
+        return read_record(fd, shard, offset, length, crc)
+
+    monkeypatch.setattr(module, "read_record", counted)
+    src, packed = byob
+    manifest = read_manifest(packed, resolve_benchmark_spec("auto", packed))
+    inspected = inspect_images(manifest, image_source(packed), workers=2)
+    assert len(reads) == manifest["path"].nunique() == 65  # one pread (and CRC) per image, not one more to hash
+    loose = inspect_images(manifest, src / "images", workers=2)
+    assert inspected["sha256"].tolist() == loose["sha256"].tolist()  # kept bytes: the files' own digests
+    assert inspected["sha256"].notna().all() and inspected["decodes"].all()
 
 
 def test_a_packed_dataset_reads_in_worker_processes(tmp_path):
@@ -281,6 +347,30 @@ def test_bad_images_are_stored_as_they_are_and_reported_by_file_and_row(tmp_path
                      for root in (src, tmp_path / "packed"))
     pd.testing.assert_frame_equal(loose, packed, check_dtype=False)
     assert not loose.set_index(manifest["path"]).loc["art/train/link.png", "inside_root"]
+
+
+def test_packing_refuses_an_info_file_or_description_linked_out_of_the_folder(tmp_path, monkeypatch):
+    """As reading the benchmark does: a file from outside would be sealed into the packed copy's data version."""
+    src, outside = write_benchmark(tmp_path / "src"), tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("benchmark.json", "info_files/art/val.json"):  # each alone: the other is back in place
+        linked = src / name
+        shutil.move(linked, outside / linked.name)
+        linked.symlink_to(outside / linked.name)
+        with pytest.raises(InvalidValueError, match=rf"^{re.escape(str(linked))}: not packed: it leaves the data "
+                                                    rf"root: it resolves to {re.escape(str(outside))}"):
+            pack_benchmark(src, tmp_path / "out", ONE, progress=False)
+        assert not (tmp_path / "out").exists()
+        if name == "benchmark.json":
+            linked.unlink()
+            shutil.move(outside / linked.name, linked)
+    # into a link root (the DVC cache of a symlinked workspace) it is the benchmark's own file
+    module, roots = importlib.import_module("udon_core.data.pack"), []
+    monkeypatch.setattr(module, "DataRoot", lambda *a: roots.append(a) or DataRoot(*a))
+    result = pack_benchmark(src, tmp_path / "out", ONE, link_roots=[outside], progress=False)
+    assert len(roots) == 1  # the folder and its link roots are resolved once, not once per image
+    assert result.records == 65 and (tmp_path / "out/info_files/art/val.json").read_bytes() == (
+        outside / "val.json").read_bytes() and not (tmp_path / "out/info_files/art/val.json").is_symlink()
 
 
 def test_udon_data_pack_prints_progress_and_problems_and_refuses_to_overwrite(byob, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from udon_core.data.containment import DataRoot, Outside, domain_name_problem, plain_name_problem
-from udon_core.errors import InvalidValueError, UnknownNameError
+from udon_core.errors import InvalidValueError, UnknownNameError, shown
 
 BENCHMARK_FILE = "benchmark.json"
 # why: 4x the largest class count of a real retrieval benchmark (the Met, 224,408 train classes); each class
@@ -104,7 +104,7 @@ class DomainSpec(BaseModel):
     def _whole_number(cls, value: object) -> object:
         # why by type: pydantic's lax mode reads "4", 4.0 and true as 4, 4 and 1.
         if value is not None and (type(value) is not int or not 1 <= value <= MAX_CLASSES):
-            got = f"{value:,}" if type(value) is int else f"{_shown(value)} ({_kind(value)})"
+            got = f"{value:,}" if type(value) is int else f"{shown(value, json_spelling=True)} ({_kind(value)})"
             raise ValueError(f"must be a whole number from 1 to {MAX_CLASSES:,} (or absent: inferred from the "
                              f"data), got {got}")
         return value
@@ -113,7 +113,7 @@ class DomainSpec(BaseModel):
     @classmethod
     def _boolean(cls, value: object) -> object:
         if type(value) is not bool:  # why: lax mode reads "no" as false, which switches the leak check off
-            raise ValueError(f"must be true or false, got {_shown(value)} ({_kind(value)})")
+            raise ValueError(f"must be true or false, got {shown(value, json_spelling=True)} ({_kind(value)})")
         return value
 
     @field_validator("evals", mode="before")
@@ -145,11 +145,6 @@ class DomainSpec(BaseModel):
         for e in self.evals.values():
             stems += [e.query, e.index]
         return tuple(dict.fromkeys(stems))
-
-
-def _shown(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (str, bool, int, float, type(None))) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class BenchmarkSpec(BaseModel):
@@ -309,7 +304,7 @@ def describe_errors(err: ValidationError, limit: int = 10) -> str:
         where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in e["loc"]).lstrip(".") or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] not in ("value_error", "missing", "extra_forbidden"):
-            msg = f"{msg}, got {_shown(e.get('input'))}"
+            msg = f"{msg}, got {shown(e.get('input'), json_spelling=True)}"
         parts.append(f"{where}: {msg}")
     more = f"; and {err.error_count() - limit} more" if err.error_count() > limit else ""
     return "; ".join(parts) + more

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from udon_core.errors import shown
+
 MAX_NAME = 64
 DOMAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -28,17 +30,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_LINK_HOPS = 40  # why: as the kernel's own limit on symlinks followed in one path (ELOOP)
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]} ({len(str(value))} characters)"
-
-
 def domain_name_problem(name: object) -> str | None:
     """Why ``name`` cannot be a domain name, or None. A domain names a folder of ``info_files/``, a teacher
     head and metric keys, so it is an ASCII identifier."""
     if not isinstance(name, str) or not DOMAIN_NAME.fullmatch(name) or len(name) > MAX_NAME:
         return (f"must be an identifier (ASCII letters, digits and _, not starting with a digit, at most "
-                f"{MAX_NAME} characters), got {_shown(name)}")
+                f"{MAX_NAME} characters), got {shown(name)}")
     return None
 
 
@@ -47,7 +44,7 @@ def plain_name_problem(name: object) -> str | None:
     ASCII letters, digits, ``_``, ``-`` and ``.``, not starting with a dot."""
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or len(name) > MAX_NAME:
         return (f"must be a plain name (ASCII letters, digits, _, - and ., not starting with . or -, no /, at "
-                f"most {MAX_NAME} characters), got {_shown(name)}")
+                f"most {MAX_NAME} characters), got {shown(name)}")
     return None
 
 

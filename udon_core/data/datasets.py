@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -27,13 +28,15 @@ class ImageListDataset(Dataset):
     def __init__(self, root: Path | ImageSource, records: Sequence[ImageRecord], transform: Callable,
                  images_dir: Path | None = None, draft: int | None = None) -> None:
         source = LooseImages(Path(images_dir)) if images_dir is not None else as_source(root)
-        self.records = list(records)
-        self.reader = source.reader([r.path for r in self.records])
+        self.reader = source.reader([r.path for r in records])
+        # why an array, not the records: the reader holds the paths already, and each forked DataLoader worker
+        # would copy a list of Python objects as it touches their reference counts.
+        self.labels = np.array([r.labels[0] for r in records], dtype=np.int64)
         self.transform, self.draft = transform, draft
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.reader)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         image, _ = self.reader.open(i, self.draft)
-        return self.transform(image), self.records[i].labels[0], i
+        return self.transform(image), int(self.labels[i]), i

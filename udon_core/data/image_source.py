@@ -8,7 +8,6 @@ DataLoader worker reads records through. Every error names the record's original
 
 from __future__ import annotations
 
-import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -44,14 +43,22 @@ class RecordReader(ABC):
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
         """``open_rgb`` of record ``i``: ``(8-bit RGB image, the file's own mode)``; ImageFileError names it."""
 
+    @abstractmethod
+    def read(self, i: int) -> bytes:
+        """Record ``i``'s stored bytes (a byte-identical copy has the same); ImageFileError names it."""
+
+    def name(self, i: int) -> str:
+        """How errors name record ``i``."""
+        return self.paths[i]
+
+    def decode(self, i: int, data: bytes, draft: int | None = None) -> tuple[Image.Image, str]:
+        """``open`` of record ``i`` from its bytes, already ``read``: a caller that also hashes them reads once."""
+        return open_rgb(data, name=self.name(i), draft=draft)
+
     def original(self, i: int) -> tuple[int, int, str | None] | None:
         """``(width, height, mode)`` of the image as it was before packing, when that differs from what
         ``open`` decodes (a pre-resized record); None otherwise."""
         return None
-
-    @abstractmethod
-    def sha256(self, i: int) -> str | None:
-        """Hex SHA-256 of record ``i``'s stored bytes (a byte-identical copy has the same); None if unreadable."""
 
 
 class LooseReader(RecordReader):
@@ -67,15 +74,20 @@ class LooseReader(RecordReader):
         except (OSError, ValueError):  # a name too long for the file system, a NUL
             return False
 
+    def name(self, i: int) -> str:
+        return str(self.images_dir / self.paths[i])
+
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
         return open_rgb(self.images_dir / self.paths[i], draft=draft)
 
-    def sha256(self, i: int) -> str | None:
+    def read(self, i: int) -> bytes:
+        path = self.images_dir / self.paths[i]
         try:
-            with open(self.images_dir / self.paths[i], "rb") as f:
-                return hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError:
-            return None
+            return path.read_bytes()
+        except FileNotFoundError as err:
+            raise ImageFileError(path, "file not found") from err
+        except (OSError, ValueError) as err:  # unreadable, a directory, a NUL in the name
+            raise ImageFileError(path, f"cannot be read ({type(err).__name__}: {err})") from err
 
 
 class PackedReader(RecordReader):
@@ -89,9 +101,12 @@ class PackedReader(RecordReader):
         super().__init__(paths)
         self.root, self.shards = Path(root), shards
         self.shard_id, self.offset, self.length = where["shard_id"], where["offset"], where["length"]
-        self.crc, self.stored, self.found = where["crc32"], where["stored"], where["found"]
+        self.crc, self.found = where["crc32"], where["found"]
+        # why numbers, not the index's strings: an array of Python strings is copied into every forked
+        # DataLoader worker as it reads them (reference counts); at UnED size that is 4.1M objects per worker.
+        self.missing, self.outside = where["stored"] == MISSING, where["stored"] == OUTSIDE
         self.size = np.stack([where["width"], where["height"]], axis=1)
-        self.mode = where["mode"]
+        self.mode_code, self.modes = pd.factorize(pd.Series(where["mode"], dtype=object))  # None: code -1
         self._fds: dict[int, int] = {}
 
     def __getstate__(self) -> dict:
@@ -109,14 +124,15 @@ class PackedReader(RecordReader):
         return self.paths[i] if shard < 0 else f"{self.paths[i]} in {self.root / self.shards[shard]}"
 
     def exists(self, i: int) -> bool:
-        return bool(self.found[i]) and self.stored[i] != MISSING
+        return bool(self.found[i]) and not self.missing[i]
 
     def read(self, i: int) -> bytes:
-        """The stored bytes of record ``i``; ImageFileError naming the record and the shard."""
+        """The stored bytes of record ``i`` (the original's with --keep-bytes; a re-encoding is deterministic,
+        so byte-identical sources still hash alike); ImageFileError naming the record and the shard."""
         if not self.found[i]:
             raise ImageFileError(self.paths[i], f"not in the packed index {self.root / 'packed/index.parquet'}")
-        if self.stored[i] in (MISSING, OUTSIDE):
-            why = "was missing" if self.stored[i] == MISSING else "resolved outside images/"
+        if self.missing[i] or self.outside[i]:
+            why = "was missing" if self.missing[i] else "resolved outside images/"
             raise ImageFileError(self.paths[i], f"not packed: the file {why} when the benchmark was packed")
         shard = int(self.shard_id[i])
         path = self.root / self.shards[shard]
@@ -134,24 +150,15 @@ class PackedReader(RecordReader):
             raise ImageFileError(self.paths[i], str(err)) from err
 
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
-        return open_rgb(self.read(i), name=self.name(i), draft=draft)
+        return self.decode(i, self.read(i), draft)
 
     def original(self, i: int) -> tuple[int, int, str | None] | None:
-        return int(self.size[i, 0]), int(self.size[i, 1]), self.mode[i]
-
-    def sha256(self, i: int) -> str | None:
-        # The stored bytes: the original's with --keep-bytes; a re-encoding is deterministic, so byte-identical
-        # sources still hash alike.
-        try:
-            return hashlib.sha256(self.read(i)).hexdigest()
-        except ImageFileError:
-            return None
+        code = int(self.mode_code[i])
+        return int(self.size[i, 0]), int(self.size[i, 1]), str(self.modes[code]) if code >= 0 else None
 
 
 class ImageSource(ABC):
     """A benchmark's images, whatever their layout."""
-
-    layout: str
 
     @abstractmethod
     def reader(self, paths: Sequence[str]) -> RecordReader:
@@ -171,8 +178,6 @@ class ImageSource(ABC):
 
 class LooseImages(ImageSource):
     """Image files under a folder (a benchmark's ``images/``, or any folder of images)."""
-
-    layout = "loose"
 
     def __init__(self, images_dir: Path) -> None:
         self.images_dir = Path(images_dir)
@@ -196,8 +201,6 @@ class LooseImages(ImageSource):
 
 class PackedImages(ImageSource):
     """The records of a packed benchmark (``udon_core.data.shards``); the index is read once."""
-
-    layout = "packed"
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

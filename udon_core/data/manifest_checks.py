@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from udon_core.data.benchmark import BenchmarkSpec
-from udon_core.data.image_source import image_source
+from udon_core.data.image_source import ImageSource, as_source
 
 
 def _positives(query_labels: list[list[int]], index_labels: list[list[int]], self_query: bool) -> list[int]:
@@ -97,7 +97,7 @@ def train_class_sizes(annotated: pd.DataFrame) -> pd.Series:
 
 
 def annotate_manifest(
-    manifest: pd.DataFrame, spec: BenchmarkSpec, root: Path | None, classes: dict[str, int],
+    manifest: pd.DataFrame, spec: BenchmarkSpec, root: Path | ImageSource | None, classes: dict[str, int],
     link_roots: Sequence[Path] = (),
 ) -> pd.DataFrame:
     """The manifest plus the derived columns the validation suite checks.
@@ -105,13 +105,14 @@ def annotate_manifest(
     Added columns: ``image_key`` ("domain: " + the image's identity: the same file however the path spells it,
     see ``ImageSource.locate``), ``label_min``, ``label_max``, ``num_classes`` (train classes of the row's
     domain), ``is_train``, ``n_positives`` (queries only), ``class_size`` (train rows: images of the row's
-    rarest class), ``label_leaked``, ``label_undense`` and, when ``root`` is given, the columns of
-    ``ImageSource.locate`` (the containment rule: inside ``images/`` or a link root, symlinks resolved;
-    for a packed folder as its index recorded it).
+    rarest class), ``label_leaked``, ``label_undense`` and, when ``root`` is given (the benchmark folder, or
+    its ``ImageSource`` when the caller reads images from it too), the columns of ``ImageSource.locate`` (the
+    containment rule: inside ``images/`` or a link root, symlinks resolved; for a packed folder as its index
+    recorded it).
     """
     out = manifest.copy()
     if root is not None:
-        located = image_source(Path(root)).locate(out["path"], link_roots).drop(columns="reason")
+        located = as_source(root).locate(out["path"], link_roots).drop(columns="reason")
         out = pd.concat([out, located], axis=1)
         identity = out["image_identity"]
     else:  # lexically: a/./b.png and a//b.png are a/b.png

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import zlib
@@ -34,7 +33,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from udon_core.data.benchmark import resolve_benchmark_spec
-from udon_core.data.containment import DataRoot
+from udon_core.data.containment import DataRoot, Outside
 from udon_core.data.shards import (
     INDEX_SCHEMA,
     META_FILE,
@@ -50,6 +49,7 @@ from udon_core.data.shards import (
 )
 from udon_core.data.transforms import open_rgb
 from udon_core.data.uned import IMAGES_DIR, INFO_DIR, ImageRecord, check_info_file
+from udon_core.device import usable_cores
 from udon_core.errors import ImageFileError, InvalidValueError, MissingFileError, OutputExistsError, UdonUserError
 from udon_core.progress import progress as show_progress
 
@@ -66,7 +66,7 @@ class PackConfig(BaseModel):
         "the original bytes. Choose it >= the train resize (256 for UDON's 224 px crops)")
     quality: int = Field(default=90, ge=1, le=100, description="JPEG quality of re-encoded JPEG sources")
     shard_bytes: int = Field(default=256 * 2**20, ge=2**16, description="largest shard file, in bytes")
-    workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, description="processes "
+    workers: int = Field(default_factory=usable_cores, ge=1, description="processes "
                          "that read and encode images (1: in this process); default: the cores this process may use")
 
 
@@ -124,19 +124,18 @@ def _resized(image: Image.Image, short_side: int, fmt: str | None, quality: int)
     return buf.getvalue(), "png"
 
 
-def prepare_image(root: Path, path: str, link_roots: Sequence[Path], short_side: int | None,
-                  quality: int) -> _Packed:
+def prepare_image(root: DataRoot, path: str, short_side: int | None, quality: int) -> _Packed:
     """Read, check and (for ``short_side``) re-encode one image; a bad image keeps its bytes and its problem.
 
     The containment rule (``udon_core.data.containment``) decides first: a path that leaves ``images/`` (and
-    ``link_roots``) is never opened, and the index keeps the file it names (its identity)."""
-    located = DataRoot(root, link_roots).locate(path)
+    the link roots) is never opened, and the index keeps the file it names (its identity)."""
+    located = root.locate(path)
     identity = None if located.identity == path else located.identity
     if not located.inside:
         return _Packed(OUTSIDE, identity=identity, problem=f"not read, not packed: {located.reason}")
     if not located.exists:
         return _Packed(MISSING, identity=identity, problem="file not found: not packed")
-    full = Path(root) / IMAGES_DIR / path
+    full = root.images / path
     data = full.read_bytes()
     try:
         # the whole file is decoded, so a truncated image is found now (at 1/8 scale when only checking)
@@ -153,12 +152,12 @@ def prepare_image(root: Path, path: str, link_roots: Sequence[Path], short_side:
     return _Packed(RESIZED, identity, encoded, ext, width, height, mode, len(data))
 
 
-def _prepare_chunk(jobs: list[tuple]) -> list[_Packed]:
-    return [prepare_image(*job) for job in jobs]
+def _prepare_chunk(root: DataRoot, paths: list[str], short_side: int | None, quality: int) -> list[_Packed]:
+    return [prepare_image(root, path, short_side, quality) for path in paths]
 
 
-def _chunks(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
-    chunk: list[tuple] = []
+def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
@@ -168,10 +167,10 @@ def _chunks(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
         yield chunk
 
 
-def _info_files(src: Path) -> list[tuple[str, str]]:
+def _info_files(src: Path, link_roots: Sequence[Path]) -> list[tuple[str, str]]:
     """(domain, stem) of every info file: the benchmark's own first, in its order, then any others, sorted."""
     try:
-        spec = resolve_benchmark_spec("auto", src)
+        spec = resolve_benchmark_spec("auto", src, link_roots)
         named = [(d.name, stem) for d in spec.domains for stem in d.info_files]
     except UdonUserError:  # the order only lays out the shards; reading the packed copy reports the description
         named = []
@@ -179,16 +178,27 @@ def _info_files(src: Path) -> list[tuple[str, str]]:
     return list(dict.fromkeys([*[n for n in named if n in present], *present]))
 
 
-def _copy_description(src: Path, out: Path) -> None:
-    """benchmark.json, info_files/ and any other top-level file, byte for byte."""
+def _readable(root: DataRoot, path: Path, base: Path) -> Path:
+    """Where ``path`` leads, when the containment rule lets it be read (inside ``base`` or a link root);
+    otherwise an error naming it, as reading the benchmark refuses it: a file from outside the folder
+    would be sealed into the packed copy's data version."""
+    try:
+        return root.contain(path, base)
+    except Outside as err:
+        raise InvalidValueError(f"{err.path}: not packed: it {err.reason}") from err
+
+
+def _copy_description(src: Path, out: Path, root: DataRoot) -> None:
+    """benchmark.json, info_files/ and any other top-level file, byte for byte (each held to the
+    containment rule)."""
     for item in sorted(src.iterdir()):
         if item.is_file() and not item.name.startswith("."):
-            shutil.copyfile(item, out / item.name)
+            shutil.copyfile(_readable(root, item, root.root), out / item.name)
     for info in sorted((src / INFO_DIR).rglob("*")):
         if info.is_file():
             target = out / info.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(info, target)
+            shutil.copyfile(_readable(root, info, root.info), target)
 
 
 @dataclass
@@ -200,10 +210,11 @@ class _Plan:
     images: list[tuple[str, str, int, ImageRecord]] = field(default_factory=list)
 
 
-def _plan(src: Path) -> _Plan:
+def _plan(src: Path, root: DataRoot) -> _Plan:
     plan, position = _Plan(), {}
-    for domain, stem in _info_files(src):
-        rows, _ = check_info_file(src / INFO_DIR / domain / f"{stem}.json")  # bad rows: validation names them
+    for domain, stem in _info_files(src, root.link_roots):
+        path = src / INFO_DIR / domain / f"{stem}.json"
+        rows, _ = check_info_file(path, _readable(root, path, root.info))  # bad rows: validation names them
         for row, rec in rows:
             if rec.path not in position:
                 position[rec.path] = len(plan.images)
@@ -212,20 +223,20 @@ def _plan(src: Path) -> _Plan:
     return plan
 
 
-def _prepared(src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[Path]) -> Iterator[_Packed]:
+def _prepared(root: DataRoot, plan: _Plan, config: PackConfig) -> Iterator[_Packed]:
     """The prepared images in plan order; at most a few chunks per worker in flight, so memory stays bounded
-    whatever the benchmark's size, and a worker that dies raises (BrokenProcessPool) instead of hanging."""
-    jobs = ((src, rec.path, tuple(link_roots), config.short_side, config.quality)
-            for _, _, _, rec in plan.images)
+    whatever the benchmark's size, and a worker that dies raises (BrokenProcessPool) instead of hanging.
+    ``root`` (the folder and link roots, resolved once) travels with each chunk, not per image."""
+    paths = (rec.path for _, _, _, rec in plan.images)
     if config.workers == 1:
-        for chunk in _chunks(jobs, 1):
-            yield from _prepare_chunk(chunk)
+        for path in paths:
+            yield prepare_image(root, path, config.short_side, config.quality)
         return
     # the platform's default start method, as torch's DataLoader workers use it (fork on Linux)
     with ProcessPoolExecutor(config.workers) as pool:
         pending: deque = deque()
-        for chunk in _chunks(jobs, 16):
-            pending.append(pool.submit(_prepare_chunk, chunk))
+        for chunk in _chunks(paths, 16):
+            pending.append(pool.submit(_prepare_chunk, root, chunk, config.short_side, config.quality))
             if len(pending) >= 4 * config.workers:
                 yield from pending.popleft().result()
         while pending:
@@ -236,7 +247,7 @@ _IMAGE_COLUMNS = ("identity", "stored", "shard", "offset", "length", "crc32", "w
                   "source_bytes", "problem")
 
 
-def _write_shards(tmp: Path, src: Path, plan: _Plan, config: PackConfig, link_roots: Sequence[Path],
+def _write_shards(tmp: Path, root: DataRoot, plan: _Plan, config: PackConfig,
                   progress: bool) -> tuple[dict[str, list], list[PackProblem]]:
     """Pack every unique image; the index columns per unique image (plan order) and the problems found.
 
@@ -246,7 +257,7 @@ def _write_shards(tmp: Path, src: Path, plan: _Plan, config: PackConfig, link_ro
     writer: ShardWriter | None = None
     bar = show_progress(total=len(plan.images), desc="pack", enabled=progress)
     with bar:
-        for (domain, stem, row, rec), got in zip(plan.images, _prepared(src, plan, config, link_roots), strict=True):
+        for (domain, stem, row, rec), got in zip(plan.images, _prepared(root, plan, config), strict=True):
             shard, offset = None, -1
             if got.stored in (STORED, RESIZED):
                 if writer is None or (writer.domain, writer.split) != (domain, stem):  # an info file's images
@@ -297,12 +308,13 @@ def pack_benchmark(src: Path, out: Path, config: PackConfig = PackConfig(), link
     and renamed, so ``out`` is either the whole packed benchmark or absent."""
     src, out = Path(src), Path(out)
     _check_paths(src, out, overwrite)
-    plan = _plan(src)
+    root = DataRoot(src, link_roots)  # resolved once: every image and info file is held to it
+    plan = _plan(src, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
     try:
-        _copy_description(src, tmp)
-        images, problems = _write_shards(tmp, src, plan, config, link_roots, progress)
+        _copy_description(src, tmp, root)
+        images, problems = _write_shards(tmp, root, plan, config, progress)
         write_index(tmp, _index_columns(plan, images))
         shards = sorted(str(p.relative_to(tmp)) for p in (tmp / PACKED_DIR).rglob("*.tar"))
         result = PackResult(out, len(plan.records), len(plan.images), images["stored"].count(RESIZED),

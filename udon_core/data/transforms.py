@@ -11,6 +11,7 @@ model runs. JPEGs are decoded at a reduced DCT scale when the transform's resize
 
 from __future__ import annotations
 
+import functools
 import io
 import weakref
 from collections.abc import Iterator
@@ -194,6 +195,15 @@ def normalize(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
     The same operations in the same order as torchvision's ``ToDtype(float32, scale=True)`` then
     ``Normalize``, so a CPU batch is bit-identical to what the per-image transform gave before.
     """
-    mean = torch.tensor(p.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(p.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    mean, std = _channel_stats(p.mean, p.std, images.device)
     return images.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[1, 3, 1, 1]`` float32 mean and std on ``device``, made once: building them per batch is a
+    synchronous host-to-device copy from pageable memory in the training step. Never written to."""
+    with torch.inference_mode(False):  # why: one made during evaluation (inference mode) also serves training
+        return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+                torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))

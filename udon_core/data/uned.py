@@ -19,7 +19,7 @@ import pandas as pd
 
 from udon_core.data.benchmark import BenchmarkSpec, resolve_benchmark_spec
 from udon_core.data.containment import DataRoot, Outside, image_path_problem
-from udon_core.errors import UdonUserError
+from udon_core.errors import UdonUserError, shown
 
 INFO_DIR = "info_files"
 IMAGES_DIR = "images"
@@ -68,15 +68,10 @@ def _label_problem(value: object) -> str | None:
     # why: bool is an int subclass in Python, and `true` as a class id is a data bug, not class 1.
     values = value if isinstance(value, list) else [value]
     if not (value != [] and all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
-        return f"'class_id' must be an int or a non-empty list of ints, got {_short(value)}"
+        return f"'class_id' must be an int or a non-empty list of ints, got {shown(value)}"
     if any(abs(v) > MAX_CLASS_ID for v in values):
-        return f"'class_id' must lie between -{MAX_CLASS_ID:,} and {MAX_CLASS_ID:,}, got {_short(value)}"
+        return f"'class_id' must lie between -{MAX_CLASS_ID:,} and {MAX_CLASS_ID:,}, got {shown(value)}"
     return None
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:45] + "..." + text[-10:]
 
 
 def _record_problems(item: object) -> list[tuple[str | None, str]]:

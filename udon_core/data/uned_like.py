@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from udon_core.data.benchmark import UNED, BenchmarkSpec, save_benchmark_spec
 from udon_core.data.uned import IMAGES_DIR, ImageRecord, info_file_path, write_info_file
+from udon_core.device import usable_cores
 from udon_core.errors import OutputExistsError
 from udon_core.progress import progress as show_progress
 
@@ -43,7 +43,8 @@ class UnedLikeConfig(BaseModel):
     max_side: int = Field(default=1280, ge=16, description="largest image side, px")
     quality: int = Field(default=85, ge=1, le=100, description="JPEG quality (85: ~75 KB per image; UnED: 83)")
     seed: int = 0
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    workers: int = Field(default_factory=usable_cores, ge=1, description="processes that draw and encode "
+                         "images; default: the cores this process may use")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from udon_core.data.benchmark import BenchmarkSpec
 from udon_core.data.datasets import ImageListDataset
-from udon_core.data.image_source import IMAGE_SUFFIXES, ImageSource, folder_source
+from udon_core.data.image_source import IMAGE_SUFFIXES, ImageSource, as_source, folder_source
 from udon_core.data.transforms import Preprocess, eval_decode_side, eval_transform, normalize
 from udon_core.data.uned import ImageRecord, records_of
 from udon_core.errors import InvalidValueError, MissingFileError, UnknownNameError
@@ -80,7 +80,8 @@ def _model_preprocess(model: nn.Module) -> Preprocess:
 
 
 def embed_benchmark(
-    model_for: nn.Module | Callable[[str], nn.Module], root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec,
+    model_for: nn.Module | Callable[[str], nn.Module], root: Path | ImageSource, manifest: pd.DataFrame,
+    spec: BenchmarkSpec,
     splits: Sequence[str] = ("test",), preprocess: Preprocess | None = None, label: str = "", **kw,
 ) -> dict[str, np.ndarray]:
     """``{"<domain>/<stem>": [n, d] float32}`` for every info file the eval ``splits`` need, in file order.
@@ -89,7 +90,10 @@ def embed_benchmark(
     model, or a function domain -> model (the "oracle teacher" protocol: each domain embedded by its own
     teacher head). ``preprocess`` defaults to the model's ``config.preprocess``; ``label`` names the model
     in the progress lines; ``kw`` goes to ``embed_records`` (batch_size, device, num_workers, progress).
+    ``root`` is the benchmark folder or its ``ImageSource``; either way its images are located once (a packed
+    index is read once, not once per info file).
     """
+    root = as_source(root)
     pairs = list(dict.fromkeys(p for split in splits for p in eval_files(spec, split)))
     out: dict[str, np.ndarray] = {}
     current: tuple[str | None, nn.Module | None] = (None, None)

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from udon_core.data.benchmark import BenchmarkSpec
+from udon_core.data.image_source import ImageSource
 from udon_core.device import resolve_device
 from udon_core.errors import InvalidValueError
 from udon_core.evaluation.embedding import EmbeddingSet, embed_benchmark
@@ -19,8 +20,9 @@ ORACLE_TEACHER = "oracle-teacher"
 
 
 def embed_split(
-    model: torch.nn.Module, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, split: str = "test",
-    batch_size: int = 128, device: str | torch.device = "auto", progress: bool = True, source: str = "",
+    model: torch.nn.Module, root: Path | ImageSource, manifest: pd.DataFrame, spec: BenchmarkSpec,
+    split: str = "test", batch_size: int = 128, device: str | torch.device = "auto", progress: bool = True,
+    source: str = "",
 ) -> EmbeddingSet:
     """Every query and index image of ``split`` embedded by ``model`` (an EmbeddingModel: images -> unit vectors)."""
     vectors = embed_benchmark(model, root, manifest, spec, splits=(split,), preprocess=model.config.preprocess,
@@ -30,7 +32,7 @@ def embed_split(
 
 def evaluate_model(
     model: torch.nn.Module,
-    root: Path,
+    root: Path | ImageSource,
     manifest: pd.DataFrame,
     spec: BenchmarkSpec,
     split: str = "test",
@@ -46,8 +48,8 @@ def evaluate_model(
 
 
 def evaluate_oracle_teachers(
-    model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, split: str = "test",
-    batch_size: int = 128, device: str | torch.device = "auto", progress: bool = True,
+    model: UdonModel, root: Path | ImageSource, manifest: pd.DataFrame, spec: BenchmarkSpec,
+    split: str = "test", batch_size: int = 128, device: str | torch.device = "auto", progress: bool = True,
 ) -> RetrievalReport:
     """The 'oracle teacher' protocol: each domain embedded by its own 256-d teacher head, searched in its own index.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from udon_core.data.transforms import Preprocess
-from udon_core.digests import file_sha256, verify_digest_file, write_digest_file
+from udon_core.digests import file_sha256, verify_digest_file, write_atomic, write_digest_file
 from udon_core.errors import CheckpointError, InvalidValueError
 from udon_core.model.backbone import BackboneConfig, create_backbone
 
@@ -53,10 +52,9 @@ def _write_folder(module: nn.Module, directory: str | Path, sidecar: dict) -> Pa
     # folder whose old digest vouches for half-new files.
     (out / DIGEST_FILE).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(out / (WEIGHTS_FILE + ".tmp")))
-    os.replace(out / (WEIGHTS_FILE + ".tmp"), out / WEIGHTS_FILE)
-    (out / (SIDECAR_FILE + ".tmp")).write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
-    os.replace(out / (SIDECAR_FILE + ".tmp"), out / SIDECAR_FILE)
+    write_atomic(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    text = json.dumps(sidecar, indent=1, sort_keys=True) + "\n"
+    write_atomic(out / SIDECAR_FILE, lambda tmp: tmp.write_text(text))
     write_digest_file(out / DIGEST_FILE, [out / name for name in SEALED_FILES])
     return out
 

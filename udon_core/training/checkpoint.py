@@ -14,15 +14,13 @@ crafted file in a shared checkpoint volume cannot execute anything.
 from __future__ import annotations
 
 import logging
-import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from udon_core.digests import verify_digest_file, write_digest_file
+from udon_core.digests import verify_digest_file, write_atomic, write_digest_file
 from udon_core.errors import CheckpointError
 from udon_core.model.weight_files import read_tensors_file
 
@@ -30,15 +28,6 @@ log = logging.getLogger(__name__)
 DIGEST_SUFFIX = ".sha256"
 KEEP = 2
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
-
-
-def _write_atomic(path: Path, writer: Callable[[Path], Any]) -> None:
-    """``writer(tmp)``, flushed to disk, then renamed to ``path``: readers see the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    writer(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
@@ -54,7 +43,7 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"checkpoint-{step:09d}.pt"
-    _write_atomic(path, lambda tmp: torch.save(state, tmp))
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
     write_digest_file(digest_path(path), [path])
     # Keep the newest two that have their digest; a digest-less one (a crashed write) is never worth keeping.
     complete = [p for p in checkpoint_files(directory) if digest_path(p).is_file()]

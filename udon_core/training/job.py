@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from udon_core.data.benchmark import BenchmarkSpec, resolve_benchmark_spec
+from udon_core.data.image_source import ImageSource, as_source, image_source
 from udon_core.data.uned import num_train_classes, read_manifest
 from udon_core.errors import InvalidValueError, UdonUserError
 from udon_core.evaluation.scoring import evaluate_model
@@ -85,11 +86,13 @@ def load_run_file(path: Path) -> tuple[TrainingJobConfig, str]:
     return config, str(data.get("benchmark", "auto")) if isinstance(data, dict) else "auto"
 
 
-def val_r_at_1(root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec) -> Callable[[EmbeddingModel], float]:
+def val_r_at_1(root: Path | ImageSource, manifest: pd.DataFrame, spec: BenchmarkSpec
+               ) -> Callable[[EmbeddingModel], float]:
     """The official model-selection score: mean merged R@1 on the val split."""
+    source = as_source(root)  # why here: every validation then reuses it (a packed index is read once)
 
     def validate(model: EmbeddingModel) -> float:
-        return evaluate_model(model, root, manifest, spec, split="val", progress=False).mean_r_at_1
+        return evaluate_model(model, source, manifest, spec, split="val", progress=False).mean_r_at_1
 
     return validate
 
@@ -111,9 +114,10 @@ def run_training(model: UdonModel, config: TrainingJobConfig, root: Path, manife
                  *, checkpoint_dir: Path | None, callback: Callable[[dict[str, float], int], None] | None = None,
                  progress: bool = True) -> TrainResult:
     """Train ``model`` as ``config`` says, with val R@1 model selection when ``validate_every`` is set."""
+    source = image_source(root)  # one for training's streams and every validation
     return train(
-        model, root, manifest, spec, config.train, callback=callback,
-        validate=val_r_at_1(root, manifest, spec) if config.validate_every else None,
+        model, source, manifest, spec, config.train, callback=callback,
+        validate=val_r_at_1(source, manifest, spec) if config.validate_every else None,
         validate_every=config.validate_every, checkpoint_dir=checkpoint_dir, progress=progress,
     )
 

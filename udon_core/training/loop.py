@@ -27,7 +27,7 @@ import torch
 
 from udon_core.data.benchmark import BenchmarkSpec
 from udon_core.data.domain_loader import DomainStream, stream_seed
-from udon_core.data.image_source import ImageSource, image_source
+from udon_core.data.image_source import ImageSource, as_source
 from udon_core.data.transforms import normalize, train_decode_side, train_transform
 from udon_core.data.uned import records_of
 from udon_core.device import resolve_device
@@ -255,7 +255,7 @@ def _stream(source: ImageSource, manifest: pd.DataFrame, spec: BenchmarkSpec, na
         raise InvalidValueError(f"domain '{name}': {err} (lower train.batch_size)") from err
 
 
-def build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
+def build_loop(model: UdonModel, root: Path | ImageSource, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig,
                device: torch.device, ctx: DistContext = DistContext()) -> TrainingLoop:
     """The loop's state at step 0: the method's task, its optimiser, the domain sampler and one stream per
     domain (this rank's shard of each global batch)."""
@@ -264,7 +264,7 @@ def build_loop(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: Bench
     if cfg.compile:
         model.backbone.compile(backend=cfg.compile_backend)  # in place: parameter names are unchanged
     transform, draft = train_transform(model.config.preprocess), train_decode_side(model.config.preprocess)
-    source = image_source(root)  # loose or packed, read once for every domain's stream
+    source = as_source(root)  # loose or packed, read once for every domain's stream
     streams = [_stream(source, manifest, spec, name, i, transform, draft, cfg, device, ctx)
                for i, name in enumerate(model.domains)]
     # Every rank builds the same schedule from the same seed: all draw the same domain at each step.
@@ -382,14 +382,15 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[1]
 
 
-def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig, *,
+def train(model: UdonModel, root: Path | ImageSource, manifest: pd.DataFrame, spec: BenchmarkSpec, cfg: TrainConfig, *,
           callback: MetricsCallback | None = None, validate: Validator | None = None,
           validate_every: int | None = None, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps, resuming from the newest checkpoint in ``checkpoint_dir``.
 
     Args:
         model: the model to train, in place; its ``domains`` name the benchmark domains it trains on.
-        root, manifest, spec: the benchmark (``manifest`` rows of each domain's train split are used).
+        root, manifest, spec: the benchmark (``manifest`` rows of each domain's train split are used); ``root``
+            is its folder or its ``ImageSource`` (``image_source``), which validation can then share.
         callback: receives ``(metrics, step)`` every ``log_every`` steps, at validations and at the end.
         validate: scores a copy of the deployable model (higher is better); run every ``validate_every``
             steps and at the end. The best state is kept and returned, as the official best checkpoint.
@@ -407,7 +408,7 @@ def train(model: UdonModel, root: Path, manifest: pd.DataFrame, spec: BenchmarkS
     device = resolve_device(cfg.device)
     ctx = init_distributed(device)
     device = ctx.device(device)
-    loop = build_loop(model.to(device), Path(root), manifest, spec, cfg, device, ctx)
+    loop = build_loop(model.to(device), root, manifest, spec, cfg, device, ctx)
     resumed = resume(loop, Path(checkpoint_dir), cfg) if checkpoint_dir else None
     if resumed is not None and ctx.is_main:
         log.info("resumed from %s at step %d of %d", resumed, loop.step, cfg.steps)
