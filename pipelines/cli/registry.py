@@ -30,10 +30,10 @@ def _registry(model_name: str) -> Iterator:
     unfinished `udon run`, a half-done promotion (said on stderr)."""
     from integrations.model_registry import ModelRegistry, interactive_http
     from pipelines.run_records import close_abandoned_runs, udon_home
-    from pipelines.stack import tracking_uri
+    from pipelines.stack import registry_uri
 
     with interactive_http():
-        registry = ModelRegistry(model_name, tracking_uri())
+        registry = ModelRegistry(model_name, registry_uri())
         for line in registry.repair():
             click.echo(f"note: model {model_name}: {line}", err=True)
         close_abandoned_runs(udon_home(), registry.client.tracking_uri)  # a killed `udon run` leaves no 'running'
