@@ -13,7 +13,7 @@ import torch
 
 from integrations import udon_pt2_loader
 from integrations.git import git_dirty, git_revision
-from integrations.model_registry import METRICS_ARTIFACT, unavailable
+from integrations.model_registry import METRICS_ARTIFACT, registry_client, unavailable
 from integrations.model_uri import is_model_uri, parse_model_uri
 from udon_core.errors import CheckpointError, StackError
 from udon_core.model import EmbeddingModel, UdonModel, UnsealedModelError, load_embedding_model
@@ -170,11 +170,10 @@ def load_registered_model(uri: str, tracking_uri: str | None = None) -> Embeddin
     if not is_model_uri(uri):
         return load_embedding_model(Path(uri))
     import mlflow
-    from mlflow import MlflowClient
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    version = parse_model_uri(uri).resolve(MlflowClient())
+    version = parse_model_uri(uri).resolve(registry_client(mlflow.get_tracking_uri()))
     with tempfile.TemporaryDirectory() as tmp:  # why: without dst_path MLflow leaves a temp dir behind
         local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="udon_model", dst_path=tmp)
         try:

@@ -161,12 +161,7 @@ class ModelRegistry:
         import mlflow
 
         self.name = name
-        if client is None:
-            tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-            require_store(tracking_uri)  # before the client: creating one creates a missing sqlite store
-            client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        self.client = client
-        require_store(self.client.tracking_uri)
+        self.client = client if client is not None else registry_client(tracking_uri or mlflow.get_tracking_uri())
         self._lock_path = _lock_path(self.client.tracking_uri, name)
         self._lock_depth = 0
         self.repaired: list[str] = []  # what this object repaired after a killed process (see the module doc)
@@ -544,6 +539,15 @@ def require_store(tracking_uri: str) -> None:
             "or point the stack's MLflow tracker at the registry that holds your models")
 
 
+def registry_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` for ``tracking_uri``, after ``require_store``: creating the client creates a missing
+    sqlite store's folder and database (mlflow/store/db/utils.py), so the check must come first."""
+    from mlflow import MlflowClient
+
+    require_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "my-benchmark"
 
@@ -558,9 +562,11 @@ def _sqlite_file(tracking_uri: str) -> Path | None:
 def _lock_path(tracking_uri: str, name: str) -> Path:
     """Beside a local store (every process using it sees the same file), else in the temporary folder."""
     key = hashlib.sha256(f"{tracking_uri}\0{name}".encode()).hexdigest()[:16]
-    for prefix in ("sqlite:///", "file://"):  # sqlite:////abs/mlflow.db, file:///abs/mlruns
-        if tracking_uri.startswith(prefix):
-            return Path(tracking_uri[len(prefix):]).parent / f".udon-registry-{key}.lock"
+    store = _sqlite_file(tracking_uri)  # sqlite:////abs/mlflow.db
+    if store is None and tracking_uri.startswith("file://"):  # file:///abs/mlruns
+        store = Path(tracking_uri[len("file://"):])
+    if store is not None:
+        return store.parent / f".udon-registry-{key}.lock"
     return Path(tempfile.gettempdir()) / f"udon-registry-{key}.lock"
 
 

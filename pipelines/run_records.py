@@ -142,9 +142,9 @@ def _fail_zenml_run(run_name: str, why: str) -> list[str]:
 
 
 def _fail_mlflow_runs(run_name: str, tracking_uri: str) -> list[str]:
-    from mlflow import MlflowClient
+    from integrations.model_registry import registry_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
@@ -158,9 +158,9 @@ def _fail_mlflow_runs(run_name: str, tracking_uri: str) -> list[str]:
 
 
 def _mark_unjudged_versions(run_name: str, tracking_uri: str, why: str) -> list[str]:
-    from mlflow import MlflowClient
+    from integrations.model_registry import registry_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     lines = []
     for mv in client.search_model_versions(f"tags.`zenml.pipeline_run` = '{run_name}'"):
         if (mv.tags or {}).get("gate.verdict", PENDING) != PENDING:

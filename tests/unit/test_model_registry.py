@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from itertools import count
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -302,3 +303,34 @@ def test_a_kill_at_any_write_is_repaired_to_the_last_recorded_champion(store, ze
         outcomes.append("after" if committed else "before")
     assert "before" in outcomes and ("after" in outcomes) == (operation != "gate holds 3"), outcomes
     print(f"{operation}: {writes} kill points, {len(outcomes)} repaired ({outcomes.count('after')} rolled forward)")
+
+
+def test_every_client_made_from_a_uri_refuses_a_sqlite_store_whose_folder_is_gone(tmp_path):
+    import mlflow
+
+    from integrations.mlflow_models import load_registered_model
+    from integrations.teacher_sources import _from_mlflow
+    from pipelines.run_records import _fail_mlflow_runs, _mark_unjudged_versions
+
+    gone = tmp_path / "moved-away" / "mlflow.db"
+    uri = f"sqlite:///{gone}"
+    previous = mlflow.get_tracking_uri()
+    calls = {"teacher": lambda: _from_mlflow(f"models:/{NAME}/1", tmp_path / "teacher", uri),
+             "embed": lambda: load_registered_model(f"models:/{NAME}/1", uri),
+             "abandoned runs": lambda: _fail_mlflow_runs("run", uri),
+             "unjudged versions": lambda: _mark_unjudged_versions("run", uri, "killed")}
+    try:
+        for what, call in calls.items():
+            with pytest.raises(RegistryUnavailableError, match=f"the MLflow registry at {uri} is gone"):
+                call()
+            assert not gone.parent.exists(), what  # no new empty registry was created there
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_the_lock_lies_beside_a_local_store_and_in_the_temporary_folder_otherwise(tmp_path):
+    import tempfile
+
+    assert mr._lock_path(f"sqlite:///{tmp_path}/mlflow.db?timeout=5", NAME).parent == tmp_path
+    assert mr._lock_path(f"file://{tmp_path}/mlruns", NAME).parent == tmp_path
+    assert mr._lock_path("http://127.0.0.1:5000", NAME).parent == Path(tempfile.gettempdir())
