@@ -117,14 +117,25 @@ def data_validate(folder: Path, benchmark: str | None, domains: str | None, conf
         settings, benchmark, chosen = _validation_settings(config_path, overrides, benchmark, domains)
         folder, out = _validation_paths(folder, out)
         report = validate_folder(folder, benchmark, chosen, settings, dvc_store.link_roots_of(folder))
+        _write_report(report, report_html(report), out)
     except USER_ERRORS as err:
         fail(err)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_html(report), encoding="utf-8")
-    out.with_suffix(".json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
     _print_verdict(report)
     click.echo(f"report: {out}\n        {out.with_suffix('.json')}")
     sys.exit(PASSED if report.success else FAILED)
+
+
+def _write_report(report, html: str, out: Path) -> None:
+    """The HTML report at ``out`` and the JSON one beside it; an unwritable place is a user error (exit 2, not
+    the 1 of a failed validation)."""
+    from udon_core.errors import InvalidValueError
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(html, encoding="utf-8")
+        out.with_suffix(".json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
+    except OSError as err:
+        raise InvalidValueError(f"--out {out}: the report cannot be written there ({err.strerror or err})") from err
 
 
 def _validation_settings(config_path: Path | None, overrides: tuple[str, ...], benchmark: str | None,

@@ -492,3 +492,17 @@ def test_udon_data_validate_accepts_links_into_the_dvc_cache_of_the_folder(tmp_p
     assert (repo / "data" / "info_files" / "art" / "train.json").is_symlink()  # into .dvc/cache
     done = CliRunner().invoke(cli, ["data", "validate", str(repo / "data"), "--out", str(tmp_path / "r.html")])
     assert done.exit_code == 0 and "passed" in done.output.splitlines()[0], done.output
+
+
+def test_udon_data_validate_an_unwritable_report_is_one_sentence_not_a_failed_validation(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+    from tests.byob import write_benchmark
+
+    root = write_benchmark(tmp_path / "data")
+    (tmp_path / "a-file").write_text("")  # --out below a file: no folder can be made there (also as root)
+    out = tmp_path / "a-file" / "r.html"
+    done = CliRunner().invoke(cli, ["data", "validate", str(root), "--out", str(out)])
+    assert done.exit_code == 2 and "Traceback" not in done.output, done.output  # 1 would mean: the data FAILED
+    assert done.output.startswith(f"error: --out {out}: the report cannot be written there (")
