@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -122,7 +120,8 @@ def register_embedding_model(
     """Log ``model`` to the active MLflow run (torch.export format + our own save folder) and register it.
 
     Returns the registered name, version, run id and URIs. Needs the MLflow run ZenML opens for a step
-    with an MLflow experiment tracker.
+    with an MLflow experiment tracker, and the registered model ``name`` (``ModelRegistry.bind_benchmark``
+    creates it).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -149,20 +148,35 @@ def register_embedding_model(
     mlflow.set_tags(tags)
     # Created as 'pending' in the same call: until the gate records its verdict the version is no candidate,
     # and a run killed in between leaves it visibly unjudged (pipelines/run_records.py marks it incomplete).
+    # why the client, not mlflow.register_model: bind_benchmark created the registered model, and register_model
+    # would try again and print "already exists" on every first run.
+    client = mlflow.MlflowClient()
     try:
-        # why: bind_benchmark created the registered model, so MLflow's own note would read "already exists" on a
-        # first run; the run's summary names the version instead
-        with contextlib.redirect_stderr(io.StringIO()):
-            version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate.verdict": "pending"})
+        # As mlflow.register_model does for a logged model: its models:/m-... URI is the source, with its id.
+        version = client.create_model_version(name, info.model_uri, run_id=run.info.run_id,
+                                              tags={**tags, "gate.verdict": "pending"},
+                                              description=version_description(model, tags), model_id=info.model_id)
     except MlflowException as err:
         # Nothing was registered: the version is created in one call, with its tags, or not at all.
         raise unavailable(mlflow.get_registry_uri(), err) from err
-    mlflow.MlflowClient().update_model_version(name, version.version, description=version_description(model, tags))
+    _link_logged_model(client, info.model_id, name, str(version.version))
     return {
         "name": name, "version": str(version.version), "run_id": run.info.run_id,
         "model_uri": f"models:/{name}/{version.version}",
         "udon_model_uri": f"runs:/{run.info.run_id}/udon_model", "tracking_uri": mlflow.get_tracking_uri(),
     }
+
+
+def _link_logged_model(client: Any, model_id: str, name: str, version: str) -> None:
+    """Name the registered version on the logged model (tag ``mlflow.modelVersions``), as
+    ``mlflow.register_model`` does: the MLflow UI links a logged model to its registered versions by it."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    known = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(known + [{"name": name,
+                                                                                        "version": version}])})
 
 
 def load_registered_model(uri: str, tracking_uri: str | None = None) -> EmbeddingModel:

@@ -334,3 +334,32 @@ def test_the_lock_lies_beside_a_local_store_and_in_the_temporary_folder_otherwis
     assert mr._lock_path(f"sqlite:///{tmp_path}/mlflow.db?timeout=5", NAME).parent == tmp_path
     assert mr._lock_path(f"file://{tmp_path}/mlruns", NAME).parent == tmp_path
     assert mr._lock_path("http://127.0.0.1:5000", NAME).parent == Path(tempfile.gettempdir())
+
+
+@pytest.mark.slow  # exports a pt2 program (~10 s)
+def test_a_version_is_registered_in_one_call_with_its_tags_linked_to_its_logged_model(tmp_path, capfd):
+    import mlflow
+
+    from integrations.mlflow_models import register_embedding_model
+    from tests.unit.tiny_benchmark import TINY_MODEL
+    from udon_core.model.udon_model import EmbeddingModel
+
+    uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
+    ModelRegistry("m", uri).bind_benchmark("demo", "0" * 64)  # as the register step does, before registering
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())  # not ./mlruns
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            registered = register_embedding_model(EmbeddingModel(TINY_MODEL), "m", metrics={"mean_mmp_at_5": 0.5},
+                                                  dataset_tags={"data.dvc_md5": "x"})
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "already exists" not in capfd.readouterr().err  # the registered model was created on purpose
+    mv = client.get_model_version("m", registered["version"])
+    logged = client.get_logged_model(mv.source.removeprefix("models:/"))  # as mlflow.register_model: models:/m-...
+    assert mv.run_id == logged.source_run_id == run.info.run_id
+    assert mv.tags["gate.verdict"] == "pending" and mv.tags["data.dvc_md5"] == "x"
+    assert mv.description.startswith("UDON universal image embedding") and "Gate verdict: pending" in mv.description
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "m", "version": registered["version"]}]  # the UI's link to the version
+
