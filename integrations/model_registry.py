@@ -43,7 +43,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -79,7 +79,20 @@ class RegistryError(UdonUserError, ValueError):
 
 
 class UnknownModelError(RegistryError):
-    """The registry answered: no registered model of that name (so, for `retrain`, no champion yet)."""
+    """The registry answered: no registered model of that name (so, for `retrain`, no champion yet).
+
+    The sentence (which names the models that exist: one more registry request) is made when it is shown, not
+    when the error is raised: several callers catch it and go on."""
+
+    def __init__(self, sentence: str | Callable[[], str]) -> None:
+        super().__init__(sentence if isinstance(sentence, str) else "no such registered model")
+        self._sentence = sentence
+
+    def __str__(self) -> str:
+        if callable(self._sentence):
+            self._sentence = self._sentence()
+            self.args = (self._sentence,)
+        return self._sentence
 
 
 class RegistryUnavailableError(RegistryError):
@@ -198,7 +211,7 @@ class ModelRegistry:
             return self.client.get_registered_model(self.name)
         except MlflowException as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise UnknownModelError(self._unknown_model()) from err
+                raise UnknownModelError(self._unknown_model) from err
             raise unavailable(self.client.tracking_uri, err) from err
 
     def _unknown_model(self) -> str:

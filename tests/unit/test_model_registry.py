@@ -363,3 +363,16 @@ def test_a_version_is_registered_in_one_call_with_its_tags_linked_to_its_logged_
     assert mv.description.startswith("UDON universal image embedding") and "Gate verdict: pending" in mv.description
     assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "m", "version": registered["version"]}]  # the UI's link to the version
 
+
+def test_the_names_an_unknown_model_is_compared_with_are_listed_only_when_the_error_is_shown(store, monkeypatch):
+    uri, client, _ = store
+    reg = ModelRegistry(f"unknown-{next(_names)}", uri)
+    listings = []
+    search = reg.client.search_registered_models
+    monkeypatch.setattr(reg.client, "search_registered_models", lambda *a, **kw: listings.append(1) or search(*a, **kw))
+    assert reg.repair() == [] and listings == []  # the repair check finds no model and goes on: nothing listed
+    with pytest.raises(UnknownModelError) as caught:
+        reg.versions()
+    assert listings == []
+    assert str(caught.value).startswith(f"no registered model '{reg.name}' in the MLflow registry at {uri}")
+    assert str(caught.value) == str(caught.value) and listings == [1]  # made once, when shown
