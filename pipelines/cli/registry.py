@@ -85,10 +85,10 @@ def promote_cmd(version: str, reason: str, force: bool, model_name: str) -> None
         if not reason.strip():
             raise InvalidValueError("--reason must say why the version is promoted")
         with _registry(model_name) as registry:
-            objection = registry.version(version).gate_objection()
-            former = registry.promote(version, reason, force=force)
+            event = registry.promote_recorded(version, reason, force=force)  # what was recorded, under the lock
     except USER_ERRORS as err:
         fail(err)
+    former, objection = event["previous"], event.get("override")
     click.echo(f"version {version} is the champion (production)" + (f"; version {former} archived" if former else "")
                + (f"; recorded as an override of the gate's verdict {objection}" if objection else ""))
 

@@ -337,13 +337,17 @@ def test_the_lock_lies_beside_a_local_store_and_in_the_temporary_folder_otherwis
 
 
 @pytest.mark.slow  # exports a pt2 program (~10 s)
-def test_a_version_is_registered_in_one_call_with_its_tags_linked_to_its_logged_model(tmp_path, capfd):
+def test_a_version_is_registered_in_one_call_with_its_tags_linked_to_its_logged_model(tmp_path, capfd, monkeypatch):
     import mlflow
 
+    import integrations.mlflow_models as mm
     from integrations.mlflow_models import register_embedding_model
     from tests.unit.tiny_benchmark import TINY_MODEL
     from udon_core.model.udon_model import EmbeddingModel
 
+    # why: the git commit comes from ZenML's source root, and importing ZenML under capfd would leave its
+    # stdout hook writing to capfd's closed file in later tests
+    monkeypatch.setattr(mm, "code_version", lambda: {"code.git_commit": "abc", "code.git_dirty": "False"})
     uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
     ModelRegistry("m", uri).bind_benchmark("demo", "0" * 64)  # as the register step does, before registering
     client = MlflowClient(tracking_uri=uri)
@@ -376,3 +380,14 @@ def test_the_names_an_unknown_model_is_compared_with_are_listed_only_when_the_er
     assert listings == []
     assert str(caught.value).startswith(f"no registered model '{reg.name}' in the MLflow registry at {uri}")
     assert str(caught.value) == str(caught.value) and listings == [1]  # made once, when shown
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_each_change_of_standing_lists_the_versions_once(store, zen, operation, monkeypatch):
+    before, change = OPERATIONS[operation]
+    reg = before(store, zen)
+    listings = []
+    search = reg.client.search_model_versions
+    monkeypatch.setattr(reg.client, "search_model_versions", lambda *a, **kw: listings.append(1) or search(*a, **kw))
+    change(reg)
+    assert len(listings) == 1, operation  # under the lock nothing else changes them: one listing serves it all
