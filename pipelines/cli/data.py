@@ -186,10 +186,9 @@ def _validation_paths(folder: Path, out: Path) -> tuple[Path, Path]:
 
 
 def _print_verdict(report) -> None:
-    failed = [o for o in report.outcomes if not o.success]
-    critical = sum(o.severity == "critical" for o in failed)
+    critical, warnings = len(report.critical_failures), len(report.warnings)  # 'off' checks are not run
     click.echo(f"Data validation of {report.data_root} (benchmark {report.benchmark}, {report.rows:,} rows): "
-               f"{'passed' if report.success else 'FAILED'}, {report.evaluated - len(failed)}/{report.evaluated} "
-               f"checks held, {critical} critical failure(s), {len(failed) - critical} warning(s)")
+               f"{'passed' if report.success else 'FAILED'}, {report.evaluated - critical - warnings}/"
+               f"{report.evaluated} checks held, {critical} critical failure(s), {warnings} warning(s)")
     for line in report.summary(rows_per_failure=5).splitlines()[1:]:
         click.echo(f"  {line}")
