@@ -141,33 +141,21 @@ def _write_report(report, html: str, out: Path) -> None:
 def _validation_settings(config_path: Path | None, overrides: tuple[str, ...], benchmark: str | None,
                          domains: str | None):
     """(ValidationConfig, benchmark, domains) from the run configuration, the --set overrides and the flags."""
-    import yaml
     from pydantic import ValidationError
 
     from integrations.expectations import ValidationConfig
-    from udon_core.errors import InvalidValueError, MissingFileError
-    from udon_core.overrides import deep_merge, parse_override
+    from udon_core.errors import InvalidValueError
+    from udon_core.overrides import first_field_error, load_run_config, parse_override
 
-    params: dict = {}
-    if config_path is not None:
-        if not config_path.is_file():
-            raise MissingFileError(f"{config_path}: run configuration not found")
-        try:
-            params = (yaml.safe_load(config_path.read_text()) or {}).get("parameters") or {}
-        except (yaml.YAMLError, AttributeError) as err:
-            raise InvalidValueError(f"{config_path}: not a run configuration (YAML with parameters:): {err}") from err
-    section = params.get("validation") or {}
     for text in overrides:
-        change = parse_override(text)
-        if set(change) != {"validation"}:
+        if set(parse_override(text)) != {"validation"}:
             raise InvalidValueError(f"--set {text}: only validation.KEY=VALUE settings apply to udon data validate")
-        section = deep_merge(section, change["validation"])
+    params = load_run_config(config_path, overrides).get("parameters") or {}
     try:
-        settings = ValidationConfig.model_validate(section)
+        settings = ValidationConfig.model_validate(params.get("validation") or {})
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(["validation", *(str(x) for x in first["loc"])])
-        raise InvalidValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from err
+        field, message = first_field_error(err, "validation")
+        raise InvalidValueError(f"{field}: {message}") from err
     data = params.get("data") or {}
     chosen = domains.split(",") if domains else data.get("domains")
     return settings, benchmark or data.get("benchmark") or "auto", chosen
