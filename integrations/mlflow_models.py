@@ -11,7 +11,7 @@ import torch
 
 from integrations import udon_pt2_loader
 from integrations.git import git_dirty, git_revision
-from integrations.model_registry import METRICS_ARTIFACT, registry_client, unavailable
+from integrations.model_registry import METRICS_ARTIFACT, PENDING, registry_client, unavailable
 from integrations.model_uri import is_model_uri, parse_model_uri
 from udon_core.errors import CheckpointError, StackError
 from udon_core.model import EmbeddingModel, UdonModel, UnsealedModelError, load_embedding_model
@@ -87,7 +87,7 @@ def save_pt2_model(model: EmbeddingModel, path: str | Path) -> Path:
     return Path(path)
 
 
-def version_description(model: EmbeddingModel, tags: dict[str, str], verdict: str = "pending") -> str:
+def version_description(model: EmbeddingModel, tags: dict[str, str], verdict: str = PENDING) -> str:
     """The registered version's description: what it is, how to feed it, how to use it, the gate's verdict."""
     pre = preprocessing(model)
     steps = "\n".join(f"{i}. {s}" for i, s in enumerate(pre["steps"], 1))
@@ -154,7 +154,7 @@ def register_embedding_model(
     try:
         # As mlflow.register_model does for a logged model: its models:/m-... URI is the source, with its id.
         version = client.create_model_version(name, info.model_uri, run_id=run.info.run_id,
-                                              tags={**tags, "gate.verdict": "pending"},
+                                              tags={**tags, "gate.verdict": PENDING},
                                               description=version_description(model, tags), model_id=info.model_id)
     except MlflowException as err:
         # Nothing was registered: the version is created in one call, with its tags, or not at all.

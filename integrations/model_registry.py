@@ -60,7 +60,7 @@ INTENT_TAG = "udon.intent"
 BENCHMARK_TAG, BENCHMARK_DIGEST_TAG = "udon.benchmark", "udon.benchmark_sha256"
 ZENML_VERSION_TAG = "zenml.model_version_id"
 METRICS_ARTIFACT = "evaluation/trained.json"
-INCOMPLETE = "incomplete"
+PENDING, INCOMPLETE = "pending", "incomplete"  # gate verdicts: registered and not judged yet / never judged
 # why: an intent written on another machine is outside our file lock; its writer may still be working.
 STALE_INTENT_S = 600
 Standing = Literal["champion", "challenger", "archived", "rejected"]
@@ -144,7 +144,7 @@ class VersionInfo:
 
     @property
     def verdict(self) -> str:
-        return self.tags.get("gate.verdict", "pending")
+        return self.tags.get("gate.verdict", PENDING)
 
     def gate_objection(self) -> str | None:
         """Why promoting this version by hand overrides the gate (None when the gate has no objection: it

@@ -391,3 +391,16 @@ def test_each_change_of_standing_lists_the_versions_once(store, zen, operation, 
     monkeypatch.setattr(reg.client, "search_model_versions", lambda *a, **kw: listings.append(1) or search(*a, **kw))
     change(reg)
     assert len(listings) == 1, operation  # under the lock nothing else changes them: one listing serves it all
+
+
+def test_a_killed_runs_unjudged_version_gets_its_verdict_as_the_registry_records_one(store, zen):
+    from pipelines.run_records import _mark_unjudged_versions
+
+    uri, client, run_id = store
+    reg = make_model(store, 2)
+    client.set_model_version_tag(reg.name, "2", "zenml.pipeline_run", f"{reg.name}-killed")
+    lines = _mark_unjudged_versions(f"{reg.name}-killed", uri, "process 1 ended")
+    assert lines == [f"model {reg.name} version 2: never judged by the gate -> incomplete"]
+    v1, v2 = reg.version("1"), reg.version("2")
+    assert (v1.verdict, v2.verdict) == ("pending", "incomplete") and "not a candidate" in v2.tags["gate.reasons"]
+    assert "Gate verdict: incomplete" in client.get_model_version(reg.name, "2").description  # as record_verdict
