@@ -215,9 +215,14 @@ class ModelRegistry:
             raise unavailable(self.client.tracking_uri, err) from err
 
     def _unknown_model(self) -> str:
-        names = sorted(m.name for m in self.client.search_registered_models(max_results=1000))
-        close = difflib.get_close_matches(self.name, names, n=3, cutoff=0.6)
+        from mlflow.exceptions import MlflowException
+
         sentence = f"no registered model '{self.name}' in the MLflow registry at {self.client.tracking_uri}"
+        try:
+            names = sorted(m.name for m in self.client.search_registered_models(max_results=1000))
+        except MlflowException:  # made when shown (UnknownModelError): the registry may have stopped answering
+            return sentence
+        close = difflib.get_close_matches(self.name, names, n=3, cutoff=0.6)
         if close:
             sentence += "; did you mean " + " or ".join(f"'{n}'" for n in close) + "?"
         if not names:
