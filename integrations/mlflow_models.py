@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import torch
 
 from integrations import udon_pt2_loader
 from integrations.git import git_dirty, git_revision
-from integrations.model_registry import METRICS_ARTIFACT, unavailable
+from integrations.model_registry import METRICS_ARTIFACT, PENDING, registry_client, unavailable
 from integrations.model_uri import is_model_uri, parse_model_uri
 from udon_core.errors import CheckpointError, StackError
 from udon_core.model import EmbeddingModel, UdonModel, UnsealedModelError, load_embedding_model
@@ -89,7 +87,7 @@ def save_pt2_model(model: EmbeddingModel, path: str | Path) -> Path:
     return Path(path)
 
 
-def version_description(model: EmbeddingModel, tags: dict[str, str], verdict: str = "pending") -> str:
+def version_description(model: EmbeddingModel, tags: dict[str, str], verdict: str = PENDING) -> str:
     """The registered version's description: what it is, how to feed it, how to use it, the gate's verdict."""
     pre = preprocessing(model)
     steps = "\n".join(f"{i}. {s}" for i, s in enumerate(pre["steps"], 1))
@@ -122,7 +120,8 @@ def register_embedding_model(
     """Log ``model`` to the active MLflow run (torch.export format + our own save folder) and register it.
 
     Returns the registered name, version, run id and URIs. Needs the MLflow run ZenML opens for a step
-    with an MLflow experiment tracker.
+    with an MLflow experiment tracker, and the registered model ``name`` (``ModelRegistry.bind_benchmark``
+    creates it).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -149,15 +148,18 @@ def register_embedding_model(
     mlflow.set_tags(tags)
     # Created as 'pending' in the same call: until the gate records its verdict the version is no candidate,
     # and a run killed in between leaves it visibly unjudged (pipelines/run_records.py marks it incomplete).
+    # why the client, not mlflow.register_model: bind_benchmark created the registered model, and register_model
+    # would try again and print "already exists" on every first run.
+    client = mlflow.MlflowClient()
     try:
-        # why: bind_benchmark created the registered model, so MLflow's own note would read "already exists" on a
-        # first run; the run's summary names the version instead
-        with contextlib.redirect_stderr(io.StringIO()):
-            version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate.verdict": "pending"})
+        # As mlflow.register_model does for a logged model: its models:/m-... URI is the source, with its id.
+        version = client.create_model_version(name, info.model_uri, run_id=run.info.run_id,
+                                              tags={**tags, "gate.verdict": PENDING},
+                                              description=version_description(model, tags), model_id=info.model_id)
     except MlflowException as err:
         # Nothing was registered: the version is created in one call, with its tags, or not at all.
         raise unavailable(mlflow.get_registry_uri(), err) from err
-    mlflow.MlflowClient().update_model_version(name, version.version, description=version_description(model, tags))
+    _link_logged_model(client, info.model_id, name, str(version.version))
     return {
         "name": name, "version": str(version.version), "run_id": run.info.run_id,
         "model_uri": f"models:/{name}/{version.version}",
@@ -165,16 +167,27 @@ def register_embedding_model(
     }
 
 
+def _link_logged_model(client: Any, model_id: str, name: str, version: str) -> None:
+    """Name the registered version on the logged model (tag ``mlflow.modelVersions``), as
+    ``mlflow.register_model`` does: the MLflow UI links a logged model to its registered versions by it."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    known = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(known + [{"name": name,
+                                                                                        "version": version}])})
+
+
 def load_registered_model(uri: str, tracking_uri: str | None = None) -> EmbeddingModel:
     """A registered or exported model: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a local folder."""
     if not is_model_uri(uri):
         return load_embedding_model(Path(uri))
     import mlflow
-    from mlflow import MlflowClient
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    version = parse_model_uri(uri).resolve(MlflowClient())
+    version = parse_model_uri(uri).resolve(registry_client(mlflow.get_tracking_uri()))
     with tempfile.TemporaryDirectory() as tmp:  # why: without dst_path MLflow leaves a temp dir behind
         local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="udon_model", dst_path=tmp)
         try:

@@ -43,7 +43,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -60,7 +60,7 @@ INTENT_TAG = "udon.intent"
 BENCHMARK_TAG, BENCHMARK_DIGEST_TAG = "udon.benchmark", "udon.benchmark_sha256"
 ZENML_VERSION_TAG = "zenml.model_version_id"
 METRICS_ARTIFACT = "evaluation/trained.json"
-INCOMPLETE = "incomplete"
+PENDING, INCOMPLETE = "pending", "incomplete"  # gate verdicts: registered and not judged yet / never judged
 # why: an intent written on another machine is outside our file lock; its writer may still be working.
 STALE_INTENT_S = 600
 Standing = Literal["champion", "challenger", "archived", "rejected"]
@@ -79,7 +79,20 @@ class RegistryError(UdonUserError, ValueError):
 
 
 class UnknownModelError(RegistryError):
-    """The registry answered: no registered model of that name (so, for `retrain`, no champion yet)."""
+    """The registry answered: no registered model of that name (so, for `retrain`, no champion yet).
+
+    The sentence (which names the models that exist: one more registry request) is made when it is shown, not
+    when the error is raised: several callers catch it and go on."""
+
+    def __init__(self, sentence: str | Callable[[], str]) -> None:
+        super().__init__(sentence if isinstance(sentence, str) else "no such registered model")
+        self._sentence = sentence
+
+    def __str__(self) -> str:
+        if callable(self._sentence):
+            self._sentence = self._sentence()
+            self.args = (self._sentence,)
+        return self._sentence
 
 
 class RegistryUnavailableError(RegistryError):
@@ -131,7 +144,7 @@ class VersionInfo:
 
     @property
     def verdict(self) -> str:
-        return self.tags.get("gate.verdict", "pending")
+        return self.tags.get("gate.verdict", PENDING)
 
     def gate_objection(self) -> str | None:
         """Why promoting this version by hand overrides the gate (None when the gate has no objection: it
@@ -161,12 +174,7 @@ class ModelRegistry:
         import mlflow
 
         self.name = name
-        if client is None:
-            tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-            require_store(tracking_uri)  # before the client: creating one creates a missing sqlite store
-            client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        self.client = client
-        require_store(self.client.tracking_uri)
+        self.client = client if client is not None else registry_client(tracking_uri or mlflow.get_tracking_uri())
         self._lock_path = _lock_path(self.client.tracking_uri, name)
         self._lock_depth = 0
         self.repaired: list[str] = []  # what this object repaired after a killed process (see the module doc)
@@ -203,13 +211,18 @@ class ModelRegistry:
             return self.client.get_registered_model(self.name)
         except MlflowException as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise UnknownModelError(self._unknown_model()) from err
+                raise UnknownModelError(self._unknown_model) from err
             raise unavailable(self.client.tracking_uri, err) from err
 
     def _unknown_model(self) -> str:
-        names = sorted(m.name for m in self.client.search_registered_models(max_results=1000))
-        close = difflib.get_close_matches(self.name, names, n=3, cutoff=0.6)
+        from mlflow.exceptions import MlflowException
+
         sentence = f"no registered model '{self.name}' in the MLflow registry at {self.client.tracking_uri}"
+        try:
+            names = sorted(m.name for m in self.client.search_registered_models(max_results=1000))
+        except MlflowException:  # made when shown (UnknownModelError): the registry may have stopped answering
+            return sentence
+        close = difflib.get_close_matches(self.name, names, n=3, cutoff=0.6)
         if close:
             sentence += "; did you mean " + " or ".join(f"'{n}'" for n in close) + "?"
         if not names:
@@ -237,9 +250,10 @@ class ModelRegistry:
         aliases = ", ".join(f"{a} -> {i.version}" for i in infos for a in i.aliases)
         return f"versions: {versions or 'none'}; aliases: {aliases or 'none'}"
 
-    def version(self, version: str) -> VersionInfo:
-        """One version; a RegistryError names the versions and aliases that exist."""
-        infos = self.versions()
+    def version(self, version: str, infos: list[VersionInfo] | None = None) -> VersionInfo:
+        """One version (of ``infos``, a listing this operation already made, else of a new one); a RegistryError
+        names the versions and aliases that exist."""
+        infos = self.versions() if infos is None else infos
         for info in infos:
             if info.version == str(version).strip():
                 return info
@@ -256,25 +270,26 @@ class ModelRegistry:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise RegistryError(f"model '{self.name}' has no alias '{alias}'{hint} ({self._what_exists(infos)})")
 
-    def champion(self) -> VersionInfo | None:
-        """The version holding the ``champion`` alias, if any."""
-        return next((i for i in self.versions() if CHAMPION in i.aliases), None)
+    def champion(self, infos: list[VersionInfo] | None = None) -> VersionInfo | None:
+        """The version holding the ``champion`` alias, if any (of ``infos`` when given, as ``version``)."""
+        return next((i for i in (self.versions() if infos is None else infos) if CHAMPION in i.aliases), None)
 
-    def metrics(self, version: str) -> dict[str, Any]:
+    def metrics(self, version: str | VersionInfo) -> dict[str, Any]:
         """The evaluation document (``RetrievalReport.to_dict()``) logged with the version's run."""
         return json.loads(self.run_text(version, METRICS_ARTIFACT))
 
-    def run_text(self, version: str, artifact: str) -> str:
-        """A text artifact of the version's run (read through this registry's tracking URI)."""
-        info = self.version(version)
+    def run_text(self, version: str | VersionInfo, artifact: str) -> str:
+        """A text artifact of the version's run (read through this registry's tracking URI); a VersionInfo
+        already names its run, a version number is looked up."""
+        info = version if isinstance(version, VersionInfo) else self.version(version)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = self.client.download_artifacts(info.run_id, artifact, tmp)
             except Exception as err:  # MLflow raises several types for a missing artifact
-                raise RegistryError(f"version {version} has no {artifact} in run {info.run_id}") from err
+                raise RegistryError(f"version {info.version} has no {artifact} in run {info.run_id}") from err
             return Path(local).read_text()
 
-    def training_config(self, version: str) -> dict[str, Any]:
+    def training_config(self, version: str | VersionInfo) -> dict[str, Any]:
         """The training configuration recorded with the version (its lineage document); {} when it has none."""
         from integrations.mlflow_tracking import LINEAGE_ARTIFACT
 
@@ -329,11 +344,13 @@ class ModelRegistry:
         champion or challenger.
         """
         with self.locked():
-            self._transition(self._standing_change(self.version(version), standing))
+            infos = self.versions()
+            self._transition(self._standing_change(self.version(version, infos), standing, infos), infos=infos)
 
-    def _standing_change(self, info: VersionInfo, standing: Standing) -> dict[str, dict[str, str | None]]:
+    def _standing_change(self, info: VersionInfo, standing: Standing,
+                         infos: list[VersionInfo]) -> dict[str, dict[str, str | None]]:
         after = {info.version: _STATE[standing]}
-        holder = next((i for i in self.versions() if standing in i.aliases and i.version != info.version), None)
+        holder = next((i for i in infos if standing in i.aliases and i.version != info.version), None)
         if holder is not None:
             after[holder.version] = _STATE["archived"]
         return after
@@ -356,18 +373,19 @@ class ModelRegistry:
         it the challenger, reject gives it no standing; its verdict is recorded as part of the same journaled
         change. A verdict on the current champion (a re-run) is recorded without moving anything."""
         with self.locked():
-            info = self.version(version)
+            infos = self.versions()  # one listing for the whole decision: nothing else changes it under the lock
+            info = self.version(version, infos)
             verdict = {"decision": decision, "reasons": reasons, "failed": failed}
             if CHAMPION in info.aliases:
                 self.record_verdict(info.version, decision, reasons, failed)
             elif decision == "promote":
-                former = self.champion()
-                self._transition(self._standing_change(info, "champion"), verdict=verdict,
+                former = self.champion(infos)
+                self._transition(self._standing_change(info, "champion", infos), verdict=verdict, infos=infos,
                                  event=self._event("promote", info.version, "; ".join(reasons), actor,
                                                    former.version if former else None))
             else:
                 standing: Standing = "challenger" if decision == "hold" else "rejected"
-                self._transition(self._standing_change(info, standing), verdict=verdict)
+                self._transition(self._standing_change(info, standing, infos), verdict=verdict, infos=infos)
 
     def promote(self, version: str, reason: str, actor: str | None = None, action: str = "promote",
                 force: bool = False) -> str | None:
@@ -375,24 +393,33 @@ class ModelRegistry:
 
         A version the gate objected to (held with failed checks, rejected, never judged) needs ``force``; the
         override is recorded with the promotion (who, when, over which verdict)."""
+        event = self.promote_recorded(version, reason, actor, action, force)
+        return event["previous"] or None
+
+    def promote_recorded(self, version: str, reason: str, actor: str | None = None, action: str = "promote",
+                         force: bool = False) -> dict[str, str]:
+        """``promote``, returning the history event it recorded (``previous``: the former champion or "";
+        ``override``: the gate's verdict it overrode, when it did)."""
         with self.locked():
-            info = self.version(version)
+            infos = self.versions()
+            info = self.version(version, infos)
             if CHAMPION in info.aliases:
                 raise RegistryError(f"version {version} already is the champion")
             objection = info.gate_objection()
             if objection and not force:
                 raise RegistryError(f"the gate's verdict on version {info.version} is {objection}; promoting it "
                                     "overrides the gate: add --force to do so (recorded with your name and reason)")
-            former = self.champion()
+            former = self.champion(infos)
             event = self._event(action, info.version, reason, actor, former.version if former else None,
                                 override=objection)
-            self._transition(self._standing_change(info, "champion"), event=event)
-            return former.version if former else None
+            self._transition(self._standing_change(info, "champion", infos), event=event, infos=infos)
+            return event
 
     def rollback(self, reason: str, actor: str | None = None) -> tuple[str, str]:
         """Archive the champion and restore the champion before it. Returns (removed, restored)."""
         with self.locked():
-            current = self.champion()
+            infos = self.versions()
+            current = self.champion(infos)
             if current is None:
                 raise RegistryError(f"model '{self.name}' has no champion to roll back")
             chain = self.champion_chain()
@@ -401,12 +428,13 @@ class ModelRegistry:
                                     "back to")
             restored = chain[-2]
             after = {current.version: _STATE["archived"], restored: _STATE["champion"]}
-            self._transition(after, event=self._event("rollback", restored, reason, actor, current.version))
+            self._transition(after, event=self._event("rollback", restored, reason, actor, current.version),
+                             infos=infos)
             return current.version, restored
 
-    def attach_review(self, version: str, markdown: str, html: str) -> None:
+    def attach_review(self, version: str | VersionInfo, markdown: str, html: str) -> None:
         """The promotion review, as files of the version's MLflow run (``review/``)."""
-        info = self.version(version)
+        info = version if isinstance(version, VersionInfo) else self.version(version)
         with tempfile.TemporaryDirectory() as tmp:
             for name, text in (("promotion_review.md", markdown), ("promotion_review.html", html)):
                 (Path(tmp) / name).write_text(text)
@@ -421,10 +449,11 @@ class ModelRegistry:
         return {**event, "override": override} if override else event
 
     def _transition(self, after: dict[str, dict[str, str | None]], event: dict[str, str] | None = None,
-                    verdict: dict[str, Any] | None = None) -> None:
+                    verdict: dict[str, Any] | None = None, infos: list[VersionInfo] | None = None) -> None:
         """Move the versions in ``after`` to their standings, record ``event`` and the gate's ``verdict`` (on
-        the version the event or the change is about) as one journaled change; the caller holds the lock."""
-        infos = {i.version: i for i in self.versions()}
+        the version the event or the change is about) as one journaled change; the caller holds the lock, and
+        passes ``infos`` when it listed the versions under it already (nothing has changed them since)."""
+        infos = {i.version: i for i in (self.versions() if infos is None else infos)}
         judged = (event or {}).get("version") or next(iter(after))
         intent = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
                   "before": {v: _state(infos[v]) for v in after}, "after": after, "event": event,
@@ -493,7 +522,8 @@ class ModelRegistry:
         intent, lost = self._pending()
         if intent is None:
             if lost:  # left so by a killed promotion of an older udon, which had no journal
-                self._transition(self._standing_change(self.version(lost[0]), "champion"))
+                infos = self.versions()
+                self._transition(self._standing_change(self.version(lost[0], infos), "champion", infos), infos=infos)
                 self._note(f"no version held the champion alias: version {lost[0]}, the last recorded champion, "
                            "has it again")
             return
@@ -544,6 +574,15 @@ def require_store(tracking_uri: str) -> None:
             "or point the stack's MLflow tracker at the registry that holds your models")
 
 
+def registry_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` for ``tracking_uri``, after ``require_store``: creating the client creates a missing
+    sqlite store's folder and database (mlflow/store/db/utils.py), so the check must come first."""
+    from mlflow import MlflowClient
+
+    require_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "my-benchmark"
 
@@ -558,9 +597,11 @@ def _sqlite_file(tracking_uri: str) -> Path | None:
 def _lock_path(tracking_uri: str, name: str) -> Path:
     """Beside a local store (every process using it sees the same file), else in the temporary folder."""
     key = hashlib.sha256(f"{tracking_uri}\0{name}".encode()).hexdigest()[:16]
-    for prefix in ("sqlite:///", "file://"):  # sqlite:////abs/mlflow.db, file:///abs/mlruns
-        if tracking_uri.startswith(prefix):
-            return Path(tracking_uri[len(prefix):]).parent / f".udon-registry-{key}.lock"
+    store = _sqlite_file(tracking_uri)  # sqlite:////abs/mlflow.db
+    if store is None and tracking_uri.startswith("file://"):  # file:///abs/mlruns
+        store = Path(tracking_uri[len("file://"):])
+    if store is not None:
+        return store.parent / f".udon-registry-{key}.lock"
     return Path(tempfile.gettempdir()) / f"udon-registry-{key}.lock"
 
 

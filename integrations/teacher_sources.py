@@ -36,9 +36,11 @@ def _from_zenml(ref: str, dest: Path) -> dict[str, str]:
 
 
 def _from_mlflow(ref: str, dest: Path, tracking_uri: str | None) -> dict[str, str]:
-    from mlflow import MlflowClient
+    import mlflow
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    from integrations.model_registry import registry_client
+
+    client = registry_client(tracking_uri or mlflow.get_tracking_uri())
     uri = parse_model_uri(ref)
     mv = uri.resolve(client)
     present = {f.path for f in client.list_artifacts(mv.run_id)}

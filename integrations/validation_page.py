@@ -35,17 +35,16 @@ def report_html(report: ValidationReport) -> str:
     its severity, what it expects and what it observed, then each failing check's rows by info file, row
     and image path. Shown as the ZenML visualization, logged to the MLflow training run, and written by
     ``udon data validate``."""
-    failed = [o for o in report.outcomes if not o.success]
+    critical, warnings = len(report.critical_failures), len(report.warnings)  # 'off' checks are not run
     order = sorted(report.outcomes, key=lambda o: (o.success, o.severity != "critical"))
     checks = "".join(_check_row(o, i) for i, o in enumerate(order))
     sections = "".join(_rows_section(o, i) for i, o in enumerate(order) if not o.success)
     verdict = "passed" if report.success else "FAILED"
-    critical = sum(o.severity == "critical" for o in failed)
     facts = [f"benchmark <b>{escape(report.benchmark)}</b>" if report.benchmark else "",
              f"<code>{escape(report.data_root)}</code>" if report.data_root else "",
              f"{report.rows:,} rows" if report.rows is not None else "",
-             f"{report.evaluated - len(failed)}/{report.evaluated} checks held, {critical} critical failure(s), "
-             f"{len(failed) - critical} warning(s)"]
+             f"{report.evaluated - critical - warnings}/{report.evaluated} checks held, {critical} critical "
+             f"failure(s), {warnings} warning(s)"]
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Data validation {verdict}: "
         f"{escape(report.benchmark or report.suite)}</title><style>{_STYLE}</style></head><body><main>"

@@ -50,7 +50,7 @@ def _config_section(run: Any) -> Section:
     return "Training config", [("model_trainer config", json.dumps(config, sort_keys=True) if config else "not found")]
 
 
-def _recorded_lineage(registry: ModelRegistry, version: str) -> dict[str, Any] | None:
+def _recorded_lineage(registry: ModelRegistry, version: VersionInfo) -> dict[str, Any] | None:
     try:
         return json.loads(registry.run_text(version, LINEAGE_ARTIFACT))
     except RegistryError:
@@ -80,7 +80,7 @@ def _changes_section(registry: ModelRegistry, info: VersionInfo, config: dict[st
         against, title = registry.version(chain[-2]), f"Changes since v{chain[-2]}, the champion before it"
     if against is None:
         return None
-    rows = differences(against.tags, registry.training_config(against.version), info.tags, config)
+    rows = differences(against.tags, registry.training_config(against), info.tags, config)
     return title, [(what, f"{old} -> {new}") for what, old, new in rows] or [("-", "nothing recorded differs")]
 
 
@@ -110,7 +110,7 @@ def lineage(registry: ModelRegistry, version: str) -> list[Section]:
     if teachers:
         sections.append(("Frozen teachers", [(name, ", ".join(f"{k}={v}" for k, v in src.items()))
                                              for name, src in teachers.items()]))
-    recorded = _recorded_lineage(registry, info.version)
+    recorded = _recorded_lineage(registry, info)
     if recorded is not None:  # written at registration: no need to start ZenML
         sections += _recorded_sections(recorded)
     elif (zen := _zenml_run(info)) is None:

@@ -24,7 +24,7 @@ from steps.model_evaluator import EvalConfig
 from steps.model_registrar import RegistryConfig
 from udon_core import overrides
 from udon_core.errors import StackError, UdonUserError
-from udon_core.overrides import deep_merge
+from udon_core.overrides import deep_merge, first_field_error, load_run_config
 from udon_core.training import TrainingJobConfig
 
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {
@@ -104,9 +104,8 @@ def _validate_parameters(params: dict, source: str) -> dict[str, BaseModel]:
         try:
             out[section] = model.model_validate(params.get(section) or {})
         except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join([section, *(str(x) for x in first["loc"])])
-            raise ConfigError(f"{source}: parameters field '{field}': {first['msg']}") from err
+            field, message = first_field_error(err, section)
+            raise ConfigError(f"{source}: parameters field '{field}': {message}") from err
     return out
 
 
@@ -117,16 +116,7 @@ def resolve_config(config_path: Path, overrides: list[str] = ()) -> dict:
     data version changes; when the data is absent from disk the ingest step runs uncached (to pull it).
     """
     path = Path(config_path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: run configuration not found")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping (parameters:, steps:, ...), found {type(doc).__name__}")
-    for text in overrides:
-        doc = deep_merge(doc, {"parameters": parse_override(text)})
+    doc = load_run_config(path, overrides, error=ConfigError)
     params = _validate_parameters(doc.get("parameters") or {}, str(path))
     data: DataConfig = params["data"]  # type: ignore[assignment]
     pin = dvc_store.read_pin(Path(data.repo), data.dvc_file)

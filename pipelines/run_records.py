@@ -27,7 +27,6 @@ import psutil
 from udon_core.errors import StackError
 
 log = logging.getLogger(__name__)
-PENDING, INCOMPLETE = "pending", "incomplete"
 PROJECT = "udon-pipeline"  # the name in the checkout's pyproject.toml
 
 
@@ -142,9 +141,9 @@ def _fail_zenml_run(run_name: str, why: str) -> list[str]:
 
 
 def _fail_mlflow_runs(run_name: str, tracking_uri: str) -> list[str]:
-    from mlflow import MlflowClient
+    from integrations.model_registry import registry_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
@@ -158,15 +157,21 @@ def _fail_mlflow_runs(run_name: str, tracking_uri: str) -> list[str]:
 
 
 def _mark_unjudged_versions(run_name: str, tracking_uri: str, why: str) -> list[str]:
-    from mlflow import MlflowClient
+    """Versions the dead run registered and never judged: verdict ``incomplete``, as the registry records a
+    verdict, under its lock (taking it first repairs a decision the run left half done, which may judge them)."""
+    from integrations.model_registry import INCOMPLETE, PENDING, ModelRegistry, registry_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     lines = []
     for mv in client.search_model_versions(f"tags.`zenml.pipeline_run` = '{run_name}'"):
         if (mv.tags or {}).get("gate.verdict", PENDING) != PENDING:
             continue
-        client.set_model_version_tag(mv.name, mv.version, "gate.verdict", INCOMPLETE)
-        client.set_model_version_tag(mv.name, mv.version, "gate.reasons",
-                                     f"registered, never judged: {why}; not a candidate unless promoted by hand")
+        registry = ModelRegistry(mv.name, client=client)
+        with registry.locked():
+            lines += [f"model {mv.name}: {line}" for line in registry.repaired]
+            if registry.version(str(mv.version)).verdict != PENDING:
+                continue
+            registry.record_verdict(str(mv.version), INCOMPLETE,
+                                    [f"registered, never judged: {why}; not a candidate unless promoted by hand"])
         lines.append(f"model {mv.name} version {mv.version}: never judged by the gate -> {INCOMPLETE}")
     return lines

@@ -84,6 +84,18 @@ def tracking_uri() -> str | None:
     return uri
 
 
+def registry_uri() -> str:
+    """The tracking URI of the active stack's MLflow registry (``tracking_uri``); a StackError when the stack has
+    no MLflow experiment tracker, so no registry to resolve a ``models:/`` URI or a registered model in."""
+    from udon_core.errors import StackError
+
+    uri = tracking_uri()
+    if uri is None:
+        raise StackError("the active ZenML stack has no MLflow experiment tracker, so no model registry: activate "
+                         f"one that has (`zenml stack set {LOCAL_STACK}`), or give an exported model folder")
+    return uri
+
+
 def _our_zenml_config():
     """ZenML's global config file when it is the one this project keeps under $UDON_HOME, else None."""
     import os

@@ -140,28 +140,39 @@ def start_server(store_url: str, state: Path, *, port: int | None = None, auth: 
         process = subprocess.Popen(cmd, env=server_env(store_url, state, auth, local_stores), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = ZenServer(f"http://{HOST}:{port}", process, log)
+    try:  # why: the server runs in a session of its own, so nothing else stops it if starting it fails
+        _wait_until_healthy(server)
+        if auth == "none":
+            _settle(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_until_healthy(server: ZenServer) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise StackError(f"the ZenML server stopped while starting (exit {process.returncode}); {log}:\n{tail}")
+        if server.process.poll() is not None:
+            tail = server.log.read_text(errors="replace")[-2000:]
+            raise StackError(f"the ZenML server stopped while starting (exit {server.process.returncode}); "
+                             f"{server.log}:\n{tail}")
         try:
             with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
                 if resp.status == 200:
-                    break
+                    return
         except OSError:
             time.sleep(0.5)
-    else:
-        server.stop()
-        raise StackError(f"the ZenML server did not answer on {server.url} within {STARTUP_SECONDS:.0f} s (log: {log})")
-    if auth == "none":
-        try:
-            settle_local_dashboard(server.url)
-        except OSError as err:
-            server.stop()
-            raise StackError(f"the ZenML server at {server.url} refused the local dashboard's settings: {err} "
-                             f"(log: {log})") from err
-    return server
+    raise StackError(f"the ZenML server did not answer on {server.url} within {STARTUP_SECONDS:.0f} s "
+                     f"(log: {server.log})")
+
+
+def _settle(server: ZenServer) -> None:
+    try:
+        settle_local_dashboard(server.url)
+    except (OSError, ValueError, KeyError) as err:  # unreachable, not JSON (JSONDecodeError), not ZenML's answer
+        raise StackError(f"the ZenML server at {server.url} refused the local dashboard's settings: {err} "
+                         f"(log: {server.log})") from err
 
 
 @contextmanager

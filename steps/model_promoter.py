@@ -34,20 +34,21 @@ def model_promoter(
 
 def candidate(registry: ModelRegistry, info: VersionInfo, metrics: dict[str, Any] | None = None) -> Candidate:
     """A version as the review sees it: metrics, provenance tags and the training configuration it recorded."""
-    return Candidate(info.version, metrics if metrics is not None else registry.metrics(info.version), info.tags,
-                     registry.training_config(info.version))
+    return Candidate(info.version, metrics if metrics is not None else registry.metrics(info), info.tags,
+                     registry.training_config(info))
 
 
 def _judge_and_apply(registry: ModelRegistry, registration: dict[str, Any], metrics: dict[str, Any],
                      config: RegistryConfig) -> tuple[dict[str, Any], MarkdownString, HTMLString]:
-    version = registry.version(registration["version"])
-    champion = registry.champion()
+    infos = registry.versions()  # the caller holds the lock: one listing serves the whole judgement
+    version = registry.version(registration["version"], infos)
+    champion = registry.champion(infos)
     if champion is not None and champion.version == version.version:
-        champion = None if (previous := _previous_champion(registry)) is None else registry.version(previous)
+        champion = None if (previous := _previous_champion(registry)) is None else registry.version(previous, infos)
     rival = candidate(registry, champion) if champion else None
     verdict = judge(metrics, rival.metrics if rival else None, config.gate, rival.version if rival else None)
     review = promotion_review(candidate(registry, version, metrics), rival, verdict)
-    registry.attach_review(version.version, review.markdown, review.html)
+    registry.attach_review(version, review.markdown, review.html)
     failed = sum(not c.passed for c in verdict.checks)
     registry.decide(version.version, verdict.decision, verdict.reasons, failed, actor=GATE_ACTOR)
     log_metadata(metadata={"gate": {"decision": verdict.decision, "reasons": verdict.reasons,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -32,6 +33,38 @@ def parse_override(text: str) -> dict:
     for part in reversed(key.strip().split(".")):
         tree = {part: tree}
     return tree
+
+
+def load_run_config(path: Path | None, overrides: Iterable[str] = (),
+                    error: type[Exception] = InvalidValueError) -> dict:
+    """The run configuration at ``path`` (a YAML mapping: ``parameters:``, ``steps:``...; {} for None) with each
+    ``KEY=VALUE`` override merged into its ``parameters``; what is wrong with the file or an override is one
+    sentence, raised as ``error`` (a user error type)."""
+    doc: Any = {}
+    if path is not None:
+        if not path.is_file():
+            raise error(f"{path}: run configuration not found")
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise error(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(doc, dict):
+            raise error(f"{path}: expected a mapping (parameters:, steps:, ...), found {type(doc).__name__}")
+        if not isinstance(doc.get("parameters") or {}, dict):
+            raise error(f"{path}: parameters: expected a mapping of sections, found {type(doc['parameters']).__name__}")
+    for text in overrides:
+        try:
+            doc = deep_merge(doc, {"parameters": parse_override(text)})
+        except ValueError as err:
+            raise error(str(err)) from err
+    return doc
+
+
+def first_field_error(err: Any, *prefix: str) -> tuple[str, str]:
+    """(dotted field name under ``prefix``, message) of a pydantic ``ValidationError``'s first error, for a
+    one-sentence user error."""
+    first = err.errors()[0]
+    return ".".join([*prefix, *(str(x) for x in first["loc"])]), first["msg"].removeprefix("Value error, ")
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:

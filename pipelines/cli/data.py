@@ -117,46 +117,45 @@ def data_validate(folder: Path, benchmark: str | None, domains: str | None, conf
         settings, benchmark, chosen = _validation_settings(config_path, overrides, benchmark, domains)
         folder, out = _validation_paths(folder, out)
         report = validate_folder(folder, benchmark, chosen, settings, dvc_store.link_roots_of(folder))
+        _write_report(report, report_html(report), out)
     except USER_ERRORS as err:
         fail(err)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_html(report), encoding="utf-8")
-    out.with_suffix(".json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
     _print_verdict(report)
     click.echo(f"report: {out}\n        {out.with_suffix('.json')}")
     sys.exit(PASSED if report.success else FAILED)
 
 
+def _write_report(report, html: str, out: Path) -> None:
+    """The HTML report at ``out`` and the JSON one beside it; an unwritable place is a user error (exit 2, not
+    the 1 of a failed validation)."""
+    from udon_core.errors import InvalidValueError
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(html, encoding="utf-8")
+        out.with_suffix(".json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
+    except OSError as err:
+        raise InvalidValueError(f"--out {out}: the report cannot be written there ({err.strerror or err})") from err
+
+
 def _validation_settings(config_path: Path | None, overrides: tuple[str, ...], benchmark: str | None,
                          domains: str | None):
     """(ValidationConfig, benchmark, domains) from the run configuration, the --set overrides and the flags."""
-    import yaml
     from pydantic import ValidationError
 
     from integrations.expectations import ValidationConfig
-    from udon_core.errors import InvalidValueError, MissingFileError
-    from udon_core.overrides import deep_merge, parse_override
+    from udon_core.errors import InvalidValueError
+    from udon_core.overrides import first_field_error, load_run_config, parse_override
 
-    params: dict = {}
-    if config_path is not None:
-        if not config_path.is_file():
-            raise MissingFileError(f"{config_path}: run configuration not found")
-        try:
-            params = (yaml.safe_load(config_path.read_text()) or {}).get("parameters") or {}
-        except (yaml.YAMLError, AttributeError) as err:
-            raise InvalidValueError(f"{config_path}: not a run configuration (YAML with parameters:): {err}") from err
-    section = params.get("validation") or {}
     for text in overrides:
-        change = parse_override(text)
-        if set(change) != {"validation"}:
+        if set(parse_override(text)) != {"validation"}:
             raise InvalidValueError(f"--set {text}: only validation.KEY=VALUE settings apply to udon data validate")
-        section = deep_merge(section, change["validation"])
+    params = load_run_config(config_path, overrides).get("parameters") or {}
     try:
-        settings = ValidationConfig.model_validate(section)
+        settings = ValidationConfig.model_validate(params.get("validation") or {})
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(["validation", *(str(x) for x in first["loc"])])
-        raise InvalidValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from err
+        field, message = first_field_error(err, "validation")
+        raise InvalidValueError(f"{field}: {message}") from err
     data = params.get("data") or {}
     chosen = domains.split(",") if domains else data.get("domains")
     return settings, benchmark or data.get("benchmark") or "auto", chosen
@@ -175,10 +174,9 @@ def _validation_paths(folder: Path, out: Path) -> tuple[Path, Path]:
 
 
 def _print_verdict(report) -> None:
-    failed = [o for o in report.outcomes if not o.success]
-    critical = sum(o.severity == "critical" for o in failed)
+    critical, warnings = len(report.critical_failures), len(report.warnings)  # 'off' checks are not run
     click.echo(f"Data validation of {report.data_root} (benchmark {report.benchmark}, {report.rows:,} rows): "
-               f"{'passed' if report.success else 'FAILED'}, {report.evaluated - len(failed)}/{report.evaluated} "
-               f"checks held, {critical} critical failure(s), {len(failed) - critical} warning(s)")
+               f"{'passed' if report.success else 'FAILED'}, {report.evaluated - critical - warnings}/"
+               f"{report.evaluated} checks held, {critical} critical failure(s), {warnings} warning(s)")
     for line in report.summary(rows_per_failure=5).splitlines()[1:]:
         click.echo(f"  {line}")

@@ -40,11 +40,11 @@ def _model(uri: str):
     from integrations.mlflow_models import load_registered_model
     from integrations.model_registry import interactive_http, require_store
     from integrations.model_uri import is_model_uri
-    from pipelines.stack import tracking_uri
+    from pipelines.stack import registry_uri
 
     if not is_model_uri(uri):
         return load_registered_model(uri)
-    registry = tracking_uri()
+    registry = registry_uri()
     require_store(registry)
     with interactive_http():
         return load_registered_model(uri, registry)

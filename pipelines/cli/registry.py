@@ -30,10 +30,10 @@ def _registry(model_name: str) -> Iterator:
     unfinished `udon run`, a half-done promotion (said on stderr)."""
     from integrations.model_registry import ModelRegistry, interactive_http
     from pipelines.run_records import close_abandoned_runs, udon_home
-    from pipelines.stack import tracking_uri
+    from pipelines.stack import registry_uri
 
     with interactive_http():
-        registry = ModelRegistry(model_name, tracking_uri())
+        registry = ModelRegistry(model_name, registry_uri())
         for line in registry.repair():
             click.echo(f"note: model {model_name}: {line}", err=True)
         close_abandoned_runs(udon_home(), registry.client.tracking_uri)  # a killed `udon run` leaves no 'running'
@@ -85,10 +85,10 @@ def promote_cmd(version: str, reason: str, force: bool, model_name: str) -> None
         if not reason.strip():
             raise InvalidValueError("--reason must say why the version is promoted")
         with _registry(model_name) as registry:
-            objection = registry.version(version).gate_objection()
-            former = registry.promote(version, reason, force=force)
+            event = registry.promote_recorded(version, reason, force=force)  # what was recorded, under the lock
     except USER_ERRORS as err:
         fail(err)
+    former, objection = event["previous"], event.get("override")
     click.echo(f"version {version} is the champion (production)" + (f"; version {former} archived" if former else "")
                + (f"; recorded as an override of the gate's verdict {objection}" if objection else ""))
 

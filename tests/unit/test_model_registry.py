@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from itertools import count
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -300,3 +301,104 @@ def test_a_kill_at_any_write_is_repaired_to_the_last_recorded_champion(store, ze
         outcomes.append("after" if committed else "before")
     assert "before" in outcomes and ("after" in outcomes) == (operation != "gate holds 3"), outcomes
     print(f"{operation}: {writes} kill points, {len(outcomes)} repaired ({outcomes.count('after')} rolled forward)")
+
+
+def test_every_client_made_from_a_uri_refuses_a_sqlite_store_whose_folder_is_gone(tmp_path):
+    import mlflow
+
+    from integrations.mlflow_models import load_registered_model
+    from integrations.teacher_sources import _from_mlflow
+    from pipelines.run_records import _fail_mlflow_runs, _mark_unjudged_versions
+
+    gone = tmp_path / "moved-away" / "mlflow.db"
+    uri = f"sqlite:///{gone}"
+    previous = mlflow.get_tracking_uri()
+    calls = {"teacher": lambda: _from_mlflow(f"models:/{NAME}/1", tmp_path / "teacher", uri),
+             "embed": lambda: load_registered_model(f"models:/{NAME}/1", uri),
+             "abandoned runs": lambda: _fail_mlflow_runs("run", uri),
+             "unjudged versions": lambda: _mark_unjudged_versions("run", uri, "killed")}
+    try:
+        for what, call in calls.items():
+            with pytest.raises(RegistryUnavailableError, match=f"the MLflow registry at {uri} is gone"):
+                call()
+            assert not gone.parent.exists(), what  # no new empty registry was created there
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_the_lock_lies_beside_a_local_store_and_in_the_temporary_folder_otherwise(tmp_path):
+    import tempfile
+
+    assert mr._lock_path(f"sqlite:///{tmp_path}/mlflow.db?timeout=5", NAME).parent == tmp_path
+    assert mr._lock_path(f"file://{tmp_path}/mlruns", NAME).parent == tmp_path
+    assert mr._lock_path("http://127.0.0.1:5000", NAME).parent == Path(tempfile.gettempdir())
+
+
+@pytest.mark.slow  # exports a pt2 program (~10 s)
+def test_a_version_is_registered_in_one_call_with_its_tags_linked_to_its_logged_model(tmp_path, capfd, monkeypatch):
+    import mlflow
+
+    import integrations.mlflow_models as mm
+    from integrations.mlflow_models import register_embedding_model
+    from tests.unit.tiny_benchmark import TINY_MODEL
+    from udon_core.model.udon_model import EmbeddingModel
+
+    # why: the git commit comes from ZenML's source root, and importing ZenML under capfd would leave its
+    # stdout hook writing to capfd's closed file in later tests
+    monkeypatch.setattr(mm, "code_version", lambda: {"code.git_commit": "abc", "code.git_dirty": "False"})
+    uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
+    ModelRegistry("m", uri).bind_benchmark("demo", "0" * 64)  # as the register step does, before registering
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())  # not ./mlruns
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            registered = register_embedding_model(EmbeddingModel(TINY_MODEL), "m", metrics={"mean_mmp_at_5": 0.5},
+                                                  dataset_tags={"data.dvc_md5": "x"})
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "already exists" not in capfd.readouterr().err  # the registered model was created on purpose
+    mv = client.get_model_version("m", registered["version"])
+    logged = client.get_logged_model(mv.source.removeprefix("models:/"))  # as mlflow.register_model: models:/m-...
+    assert mv.run_id == logged.source_run_id == run.info.run_id
+    assert mv.tags["gate.verdict"] == "pending" and mv.tags["data.dvc_md5"] == "x"
+    assert mv.description.startswith("UDON universal image embedding") and "Gate verdict: pending" in mv.description
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "m", "version": registered["version"]}]  # the UI's link to the version
+
+
+def test_the_names_an_unknown_model_is_compared_with_are_listed_only_when_the_error_is_shown(store, monkeypatch):
+    uri, client, _ = store
+    reg = ModelRegistry(f"unknown-{next(_names)}", uri)
+    listings = []
+    search = reg.client.search_registered_models
+    monkeypatch.setattr(reg.client, "search_registered_models", lambda *a, **kw: listings.append(1) or search(*a, **kw))
+    assert reg.repair() == [] and listings == []  # the repair check finds no model and goes on: nothing listed
+    with pytest.raises(UnknownModelError) as caught:
+        reg.versions()
+    assert listings == []
+    assert str(caught.value).startswith(f"no registered model '{reg.name}' in the MLflow registry at {uri}")
+    assert str(caught.value) == str(caught.value) and listings == [1]  # made once, when shown
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_each_change_of_standing_lists_the_versions_once(store, zen, operation, monkeypatch):
+    before, change = OPERATIONS[operation]
+    reg = before(store, zen)
+    listings = []
+    search = reg.client.search_model_versions
+    monkeypatch.setattr(reg.client, "search_model_versions", lambda *a, **kw: listings.append(1) or search(*a, **kw))
+    change(reg)
+    assert len(listings) == 1, operation  # under the lock nothing else changes them: one listing serves it all
+
+
+def test_a_killed_runs_unjudged_version_gets_its_verdict_as_the_registry_records_one(store, zen):
+    from pipelines.run_records import _mark_unjudged_versions
+
+    uri, client, run_id = store
+    reg = make_model(store, 2)
+    client.set_model_version_tag(reg.name, "2", "zenml.pipeline_run", f"{reg.name}-killed")
+    lines = _mark_unjudged_versions(f"{reg.name}-killed", uri, "process 1 ended")
+    assert lines == [f"model {reg.name} version 2: never judged by the gate -> incomplete"]
+    v1, v2 = reg.version("1"), reg.version("2")
+    assert (v1.verdict, v2.verdict) == ("pending", "incomplete") and "not a candidate" in v2.tags["gate.reasons"]
+    assert "Gate verdict: incomplete" in client.get_model_version(reg.name, "2").description  # as record_verdict

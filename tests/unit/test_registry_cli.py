@@ -155,3 +155,12 @@ def test_the_promoter_is_never_cached_even_when_the_run_enables_caching(tmp_path
                                       "steps": {"model_promoter": {"enable_cache": True}}}))
     with pytest.raises(ConfigError, match="steps.model_promoter.enable_cache: model_promoter is never cached"):
         resolve_config(config)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "embed", "models"])
+def test_a_stack_without_an_mlflow_tracker_is_one_sentence(monkeypatch, tmp_path, command):
+    monkeypatch.setattr("pipelines.stack.tracking_uri", lambda: None)  # the active stack has no MLflow tracker
+    args = {"evaluate": ["evaluate", "--model", f"models:/{NAME}/1", "--data", str(tmp_path)],
+            "embed": ["embed", str(tmp_path), "--model", f"models:/{NAME}@champion", "--out", str(tmp_path / "e.npy")],
+            "models": ["models", "--model", NAME]}[command]
+    _one_sentence(_cli(*args), "the active ZenML stack has no MLflow experiment tracker, so no model registry")

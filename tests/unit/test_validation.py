@@ -494,3 +494,37 @@ def test_udon_data_validate_accepts_links_into_the_dvc_cache_of_the_folder(tmp_p
     assert (repo / "data" / "info_files" / "art" / "train.json").is_symlink()  # into .dvc/cache
     done = CliRunner().invoke(cli, ["data", "validate", str(repo / "data"), "--out", str(tmp_path / "r.html")])
     assert done.exit_code == 0 and "passed" in done.output.splitlines()[0], done.output
+
+
+def test_udon_data_validate_an_unwritable_report_is_one_sentence_not_a_failed_validation(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+    from tests.byob import write_benchmark
+
+    root = write_benchmark(tmp_path / "data")
+    (tmp_path / "a-file").write_text("")  # --out below a file: no folder can be made there (also as root)
+    out = tmp_path / "a-file" / "r.html"
+    done = CliRunner().invoke(cli, ["data", "validate", str(root), "--out", str(out)])
+    assert done.exit_code == 2 and "Traceback" not in done.output, done.output  # 1 would mean: the data FAILED
+    assert done.output.startswith(f"error: --out {out}: the report cannot be written there (")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("- a list\n", "expected a mapping (parameters:, steps:, ...), found list"),
+    ("parameters: [validation]\n", "parameters: expected a mapping of sections, found list"),
+    ("parameters: {validation: {image_sample: -1}}\n", "validation.image_sample: "),
+])
+def test_udon_data_validate_reads_the_run_configuration_as_udon_run_does(tmp_path, text, fragment):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+    from tests.byob import write_benchmark
+
+    root = write_benchmark(tmp_path / "data")
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    done = CliRunner().invoke(cli, ["data", "validate", str(root), "--config", str(config), "--out",
+                                    str(tmp_path / "r.html")])
+    assert done.exit_code == 2 and "Traceback" not in done.output, done.output
+    assert fragment in done.output and done.output.count("\n") == 1, done.output

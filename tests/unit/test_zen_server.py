@@ -20,3 +20,42 @@ def test_the_kubeflow_renders_throwaway_server_signs_clients_in_and_reads_no_loc
     env = server_env(f"sqlite:///{tmp_path / 'zenml.db'}", tmp_path, "password")
     assert env["ZENML_SERVER_AUTH_SCHEME"] == "OAUTH2_PASSWORD_BEARER"
     assert "ZENML_SERVER_ALLOW_LOCAL_FILE_ACCESS" not in env and "ZENML_LOCAL_STORES_PATH" not in env
+
+
+_NOT_ZENML = """
+import http.server, sys
+class Answer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # healthy, but its API answers HTML (a proxy's page, another program on the port)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}" if self.path == "/health" else b"<html>not ZenML</html>")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Answer).serve_forever()
+"""
+
+
+def test_a_dashboard_whose_settings_cannot_be_read_is_one_sentence_and_its_server_is_stopped(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import pytest
+
+    import pipelines.zen_server as zs
+    from udon_core.errors import StackError
+
+    started: list[subprocess.Popen] = []
+    popen = subprocess.Popen
+
+    def fake_server(cmd, **kw):  # the server's own session and log, another program than uvicorn
+        started.append(popen([sys.executable, "-c", _NOT_ZENML, cmd[cmd.index("--port") + 1]], **kw))
+        return started[-1]
+    monkeypatch.setattr(zs.subprocess, "Popen", fake_server)
+    try:
+        with pytest.raises(StackError, match="refused the local dashboard's settings"):
+            zs.start_server("sqlite:///x", tmp_path / "state", auth="none")
+        assert started[0].poll() is not None  # not left running in its own session
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
