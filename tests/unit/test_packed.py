@@ -42,7 +42,6 @@ from udon_core.data import (
 )
 from udon_core.data.containment import DataRoot
 from udon_core.data.image_source import LooseImages, PackedImages
-from udon_core.data.shards import read_record
 from udon_core.data.uned_like import UnedLikeConfig, write_uned_like_benchmark
 from udon_core.errors import ImageFileError, InvalidValueError
 from udon_core.evaluation import embed_benchmark
@@ -244,26 +243,6 @@ def test_validation_reads_the_packed_index_once(byob, index_reads):
 
     report = validate_folder(byob[1], config=ValidationConfig(image_sample=8))
     assert report.rows == 65 and len(index_reads) == 1  # the containment columns and the image check share it
-
-
-def test_the_image_check_reads_each_record_once_and_hashes_what_it_decoded(byob, monkeypatch):
-    from udon_core.data.image_checks import inspect_images
-
-    module = importlib.import_module("udon_core.data.image_source")
-    reads = []
-
-    def counted(fd, shard, offset, length, crc):
-        reads.append(offset)
-        return read_record(fd, shard, offset, length, crc)
-
-    monkeypatch.setattr(module, "read_record", counted)
-    src, packed = byob
-    manifest = read_manifest(packed, resolve_benchmark_spec("auto", packed))
-    inspected = inspect_images(manifest, image_source(packed), workers=2)
-    assert len(reads) == manifest["path"].nunique() == 65  # one pread (and CRC) per image, not one more to hash
-    loose = inspect_images(manifest, src / "images", workers=2)
-    assert inspected["sha256"].tolist() == loose["sha256"].tolist()  # kept bytes: the files' own digests
-    assert inspected["sha256"].notna().all() and inspected["decodes"].all()
 
 
 def test_a_packed_dataset_reads_in_worker_processes(tmp_path):

@@ -11,7 +11,6 @@ bytes already read.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,18 +40,13 @@ def inspect_record(reader: RecordReader, i: int) -> dict[str, object]:
         return {"exists": False, "decodes": False, "mode": None, "width": 0, "height": 0, "error": "missing",
                 "sha256": None}
     try:
-        data = reader.read(i)  # once: decoded and hashed from the same bytes
-    except ImageFileError as err:
-        return {"exists": True, "decodes": False, "mode": None, "width": 0, "height": 0, "error": err.reason,
-                "sha256": None}
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        image, mode = reader.decode(i, data)
+        image, mode = reader.open(i)
         width, height, mode = reader.original(i) or (image.width, image.height, mode)
         found = {"exists": True, "decodes": True, "mode": mode, "width": width, "height": height, "error": None}
+        del image  # why: gives its share of the decode budget back (decode_budget) before the file is hashed
     except ImageFileError as err:
         found = {"exists": True, "decodes": False, "mode": None, "width": 0, "height": 0, "error": err.reason}
-    return {**found, "sha256": digest}
+    return {**found, "sha256": reader.sha256(i)}
 
 
 def sample_rows(manifest: pd.DataFrame, sample: int | None, seed: int = 0) -> pd.DataFrame:

@@ -8,6 +8,7 @@ DataLoader worker reads records through. Every error names the record's original
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -43,22 +44,14 @@ class RecordReader(ABC):
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
         """``open_rgb`` of record ``i``: ``(8-bit RGB image, the file's own mode)``; ImageFileError names it."""
 
-    @abstractmethod
-    def read(self, i: int) -> bytes:
-        """Record ``i``'s stored bytes (a byte-identical copy has the same); ImageFileError names it."""
-
-    def name(self, i: int) -> str:
-        """How errors name record ``i``."""
-        return self.paths[i]
-
-    def decode(self, i: int, data: bytes, draft: int | None = None) -> tuple[Image.Image, str]:
-        """``open`` of record ``i`` from its bytes, already ``read``: a caller that also hashes them reads once."""
-        return open_rgb(data, name=self.name(i), draft=draft)
-
     def original(self, i: int) -> tuple[int, int, str | None] | None:
         """``(width, height, mode)`` of the image as it was before packing, when that differs from what
         ``open`` decodes (a pre-resized record); None otherwise."""
         return None
+
+    @abstractmethod
+    def sha256(self, i: int) -> str | None:
+        """Hex SHA-256 of record ``i``'s stored bytes (a byte-identical copy has the same); None if unreadable."""
 
 
 class LooseReader(RecordReader):
@@ -74,20 +67,15 @@ class LooseReader(RecordReader):
         except (OSError, ValueError):  # a name too long for the file system, a NUL
             return False
 
-    def name(self, i: int) -> str:
-        return str(self.images_dir / self.paths[i])
-
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
         return open_rgb(self.images_dir / self.paths[i], draft=draft)
 
-    def read(self, i: int) -> bytes:
-        path = self.images_dir / self.paths[i]
+    def sha256(self, i: int) -> str | None:
         try:
-            return path.read_bytes()
-        except FileNotFoundError as err:
-            raise ImageFileError(path, "file not found") from err
-        except (OSError, ValueError) as err:  # unreadable, a directory, a NUL in the name
-            raise ImageFileError(path, f"cannot be read ({type(err).__name__}: {err})") from err
+            with open(self.images_dir / self.paths[i], "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            return None
 
 
 class PackedReader(RecordReader):
@@ -127,8 +115,7 @@ class PackedReader(RecordReader):
         return bool(self.found[i]) and not self.missing[i]
 
     def read(self, i: int) -> bytes:
-        """The stored bytes of record ``i`` (the original's with --keep-bytes; a re-encoding is deterministic,
-        so byte-identical sources still hash alike); ImageFileError naming the record and the shard."""
+        """The stored bytes of record ``i``; ImageFileError naming the record and the shard."""
         if not self.found[i]:
             raise ImageFileError(self.paths[i], f"not in the packed index {self.root / 'packed/index.parquet'}")
         if self.missing[i] or self.outside[i]:
@@ -150,11 +137,19 @@ class PackedReader(RecordReader):
             raise ImageFileError(self.paths[i], str(err)) from err
 
     def open(self, i: int, draft: int | None = None) -> tuple[Image.Image, str]:
-        return self.decode(i, self.read(i), draft)
+        return open_rgb(self.read(i), name=self.name(i), draft=draft)
 
     def original(self, i: int) -> tuple[int, int, str | None] | None:
         code = int(self.mode_code[i])
         return int(self.size[i, 0]), int(self.size[i, 1]), str(self.modes[code]) if code >= 0 else None
+
+    def sha256(self, i: int) -> str | None:
+        # The stored bytes: the original's with --keep-bytes; a re-encoding is deterministic, so byte-identical
+        # sources still hash alike.
+        try:
+            return hashlib.sha256(self.read(i)).hexdigest()
+        except ImageFileError:
+            return None
 
 
 class ImageSource(ABC):
